@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/tokend/tokend/gateway"
+	adminv1 "github.com/tokend/tokend/gen/tokend/admin/v1"
+	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
+	"github.com/tokend/tokend/service"
+	"github.com/tokend/tokend/service/rpc"
+	"github.com/tokend/tokend/service/store"
+)
+
+func runToken(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("%w: token needs a subcommand: create, list or revoke", errUsage)
+	}
+	sub, args := args[0], args[1:]
+	fs := flag.NewFlagSet("tokend token "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	db := fs.String("db", envOr(getenv, "TOKEND_DB", "tokend.db"), "bbolt database file (env TOKEND_DB)")
+	user := fs.String("user", "", "owner of the tokens")
+	asJSON := fs.Bool("json", false, "print JSON instead of text")
+	switch sub {
+	case "create":
+		name := fs.String("name", "", "label for the token, 1-100 printable characters")
+		expiresIn := fs.Duration("expires-in", 0, "lifetime such as 720h; omitted means the token never expires")
+		var ips stringList
+		fs.Var(&ips, "allowed-ip", "IP address or CIDR range the token may be used from; repeatable")
+		if err := noPositionals(fs, args); err != nil {
+			return err
+		}
+		req := &adminv1.CreateTokenRequest{UserId: *user, Name: *name, AllowedIps: ips}
+		if isSet(fs, "expires-in") {
+			if *expiresIn <= 0 {
+				return fmt.Errorf("--expires-in must be a positive duration such as 720h, got %s", *expiresIn)
+			}
+			req.ExpiresIn = durationpb.New(*expiresIn)
+		}
+		// Validate before opening anything, so bad input writes nothing.
+		if _, err := service.NewToken(req, time.Now()); err != nil {
+			return errors.New(rpcMessage(err))
+		}
+		return withAdmin(ctx, *db, false, func(c adminv1.AdminServiceClient) error {
+			resp, err := c.CreateToken(ctx, req)
+			if err != nil {
+				return errors.New(rpcMessage(err))
+			}
+			return printCreated(stdout, resp, *asJSON)
+		})
+	case "list":
+		if err := noPositionals(fs, args); err != nil {
+			return err
+		}
+		return withAdmin(ctx, *db, true, func(c adminv1.AdminServiceClient) error {
+			resp, err := c.ListTokens(ctx, &adminv1.ListTokensRequest{UserId: *user})
+			if err != nil {
+				return errors.New(rpcMessage(err))
+			}
+			return printList(stdout, resp.GetTokens(), *asJSON)
+		})
+	case "revoke":
+		pos, err := parseFlags(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return fmt.Errorf("%w: revoke takes exactly one token id", errUsage)
+		}
+		id, err := strconv.ParseInt(pos[0], 10, 64)
+		if err != nil || id <= 0 {
+			return fmt.Errorf("token id must be a positive integer, got %q", pos[0])
+		}
+		return withAdmin(ctx, *db, true, func(c adminv1.AdminServiceClient) error {
+			resp, err := c.RevokeToken(ctx, &adminv1.RevokeTokenRequest{UserId: *user, TokenId: id})
+			if err != nil {
+				return errors.New(rpcMessage(err))
+			}
+			if *asJSON {
+				return writeJSON(stdout, gateway.TokenJSON(resp.GetToken()))
+			}
+			_, err = fmt.Fprintf(stdout, "Revoked token %d (%s).\n", resp.GetToken().GetId(), resp.GetToken().GetName())
+			return err
+		})
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("%w: unknown token subcommand %q", errUsage, sub)
+}
+
+func noPositionals(fs *flag.FlagSet, args []string) error {
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
+	}
+	return nil
+}
+
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// rpcMessage is what the user reads for an admin error: the status message,
+// which the rpc layer wrote for people and stripped of internals.
+func rpcMessage(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return st.Message()
+	}
+	return err.Error()
+}
+
+// withAdmin calls f with an AdminService client: over the running server's
+// socket if one answers, else in-process on the database file itself. With
+// mustExist, a missing database is an error rather than created.
+func withAdmin(ctx context.Context, db string, mustExist bool, f func(adminv1.AdminServiceClient) error) error {
+	sock := socketPath(db)
+	var d net.Dialer
+	if c, err := d.DialContext(ctx, "unix", sock); err == nil {
+		c.Close()
+		conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return fmt.Errorf("connect to the running server at %s: %w", sock, err)
+		}
+		defer conn.Close()
+		return f(adminv1.NewAdminServiceClient(conn))
+	}
+	st, err := store.Open(db, store.Options{LockTimeout: 2 * time.Second, MustExist: mustExist})
+	switch {
+	case errors.Is(err, store.ErrInUse):
+		return fmt.Errorf("database %s is in use, but no server answers on %s", db, sock)
+	case err != nil:
+		return err
+	}
+	defer st.Close()
+	_, local := rpc.NewAdmin(rpc.Deps{Store: st, Logger: slog.New(slog.DiscardHandler), Now: time.Now})
+	return f(adminv1.NewAdminServiceClient(local))
+}
+
+// created is the --json output of token create: the token's REST fields
+// plus its secret.
+type created struct {
+	gateway.Token
+	Secret string `json:"secret"`
+}
+
+func printCreated(w io.Writer, resp *adminv1.CreateTokenResponse, asJSON bool) error {
+	if asJSON {
+		return writeJSON(w, created{Token: gateway.TokenJSON(resp.GetToken()), Secret: resp.GetSecret()})
+	}
+	_, err := fmt.Fprintf(w, "Created token %d (%s).\nSecret, shown only now; store it safely:\n%s\n",
+		resp.GetToken().GetId(), resp.GetToken().GetName(), resp.GetSecret())
+	return err
+}
+
+func printList(w io.Writer, tokens []*tokenv1.Token, asJSON bool) error {
+	if asJSON {
+		out := make([]gateway.Token, len(tokens))
+		for i, t := range tokens {
+			out[i] = gateway.TokenJSON(t)
+		}
+		return writeJSON(w, out)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tUSES\tLAST USED\tEXPIRES\tCREATED\tALLOWED IPS")
+	for _, t := range tokens {
+		j := gateway.TokenJSON(t)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", j.ID, j.Name, j.Status, j.UsageCount,
+			orDash(j.LastUsedAt, "never"), orDash(j.ExpiresAt, "never"), j.CreatedAt, ipsText(j.AllowedIPs))
+	}
+	return tw.Flush()
+}
+
+func orDash(s *string, none string) string {
+	if s == nil {
+		return none
+	}
+	return *s
+}
+
+func ipsText(ips []string) string {
+	if len(ips) == 0 {
+		return "any"
+	}
+	return strings.Join(ips, ",")
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

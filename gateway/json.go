@@ -1,0 +1,88 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
+)
+
+// The published REST contract wants JSON numbers for int64 fields, status
+// as a lowercase word and explicit nulls, none of which protojson produces.
+// So every response message is rewritten into a plain struct whose JSON is
+// exactly the contract's.
+
+// Token is the JSON form of a token in the REST API.
+type Token struct {
+	ID         int64    `json:"id"`
+	Name       string   `json:"name"`
+	Status     string   `json:"status"`
+	LastUsedAt *string  `json:"last_used_at"`
+	UsageCount int64    `json:"usage_count"`
+	ExpiresAt  *string  `json:"expires_at"`
+	CreatedAt  string   `json:"created_at"`
+	AllowedIPs []string `json:"allowed_ips"`
+}
+
+// envelope wraps every successful response body, as the contract does.
+type envelope[T any] struct {
+	Data T `json:"data"`
+}
+
+// TokenJSON converts an API token to its REST JSON form. The CLI's --json
+// output uses it too, so both speak the same shape.
+func TokenJSON(t *tokenv1.Token) Token {
+	out := Token{
+		ID:         t.GetId(),
+		Name:       t.GetName(),
+		Status:     statusJSON(t.GetStatus()),
+		UsageCount: t.GetUsageCount(),
+		CreatedAt:  timeJSON(t.GetCreatedAt()),
+		AllowedIPs: t.GetAllowedIps(),
+	}
+	if len(out.AllowedIPs) == 0 {
+		out.AllowedIPs = nil // unrestricted is null, never []
+	}
+	if t.LastUsedAt != nil {
+		s := timeJSON(t.LastUsedAt)
+		out.LastUsedAt = &s
+	}
+	if t.ExpiresAt != nil {
+		s := timeJSON(t.ExpiresAt)
+		out.ExpiresAt = &s
+	}
+	return out
+}
+
+func statusJSON(s tokenv1.TokenStatus) string {
+	switch s {
+	case tokenv1.TokenStatus_TOKEN_STATUS_ACTIVE:
+		return "active"
+	case tokenv1.TokenStatus_TOKEN_STATUS_EXPIRED:
+		return "expired"
+	case tokenv1.TokenStatus_TOKEN_STATUS_REVOKED:
+		return "revoked"
+	}
+	return "unspecified"
+}
+
+// timeJSON formats a timestamp as RFC 3339 in UTC with whole seconds, like
+// "2024-04-11T14:35:05Z".
+func timeJSON(ts *timestamppb.Timestamp) string {
+	return ts.AsTime().UTC().Truncate(time.Second).Format(time.RFC3339)
+}
+
+// rewriteResponse maps each RPC response to its REST body.
+func rewriteResponse(_ context.Context, resp proto.Message) (any, error) {
+	switch m := resp.(type) {
+	case *tokenv1.GetTokenResponse:
+		return envelope[Token]{Data: TokenJSON(m.GetToken())}, nil
+	}
+	// A new RPC without a REST shape is a programming error; failing loudly
+	// beats leaking protojson's shape into the API.
+	return nil, fmt.Errorf("no REST representation for %T", resp)
+}

@@ -1,0 +1,211 @@
+// Package auth is where a bearer is checked. Every authenticated RPC,
+// whether it arrived over gRPC or through the REST gateway's in-process
+// channel, passes through UnaryInterceptor and so through Authenticate.
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+
+	"github.com/tokend/tokend/service/request"
+	"github.com/tokend/tokend/service/secret"
+	"github.com/tokend/tokend/service/store"
+	"github.com/tokend/tokend/service/token"
+)
+
+// Errors that the rpc layer maps to Unauthenticated. Both kinds of failure
+// are reported to the caller identically apart from RFC 6750's error code:
+// an attacker learns nothing about why a presented token was refused.
+var (
+	// ErrNoCredentials means no bearer token was presented.
+	ErrNoCredentials = errors.New("no bearer credentials")
+	// ErrInvalidToken means a bearer token was presented and refused:
+	// malformed, unknown, revoked, expired, or used from a disallowed
+	// address. The wrapping error names which, for the server's log only.
+	ErrInvalidToken = errors.New("invalid bearer token")
+)
+
+// Principal is the authenticated caller: the owner of the token and the
+// token itself.
+type Principal struct {
+	UserID  string
+	TokenID uint64
+}
+
+type principalKey struct{}
+
+// FromContext returns the principal that authenticated the request, if any.
+func FromContext(ctx context.Context) (Principal, bool) {
+	p, ok := ctx.Value(principalKey{}).(Principal)
+	return p, ok
+}
+
+// NewContext returns ctx carrying p. Tests of handlers use it; the
+// interceptor is the only caller in the server.
+func NewContext(ctx context.Context, p Principal) context.Context {
+	return context.WithValue(ctx, principalKey{}, p)
+}
+
+// Authenticator checks bearer secrets against the store and counts each
+// successful use.
+type Authenticator struct {
+	store   *store.Store
+	proxies []netip.Prefix
+	now     func() time.Time
+}
+
+// New returns an Authenticator. trustedProxies lists the peers whose
+// X-Forwarded-For is believed; with none, the client address is always the
+// TCP peer. now is the clock (time.Now in production).
+func New(st *store.Store, trustedProxies []netip.Prefix, now func() time.Time) *Authenticator {
+	return &Authenticator{store: st, proxies: trustedProxies, now: now}
+}
+
+// Authenticate checks the values of the authorization header (or metadata)
+// presented from client, and on success records the use and returns the
+// principal. Exactly one value is accepted: a second credential, however it
+// got there, is refused rather than guessed between.
+func (a *Authenticator) Authenticate(authorization []string, client netip.Addr) (Principal, error) {
+	if len(authorization) == 0 {
+		return Principal{}, ErrNoCredentials
+	}
+	if len(authorization) > 1 {
+		return Principal{}, fmt.Errorf("%w: more than one authorization value", ErrInvalidToken)
+	}
+	sec, err := ParseBearer(authorization[0])
+	if err != nil {
+		return Principal{}, err
+	}
+	if secret.Check(sec) != nil {
+		return Principal{}, fmt.Errorf("%w: malformed secret", ErrInvalidToken)
+	}
+	now := a.now()
+	t, err := a.store.Use(secret.HashOf(sec), now, func(t *token.Token) error {
+		switch t.Status(now) {
+		case token.StatusRevoked:
+			return fmt.Errorf("%w: revoked", ErrInvalidToken)
+		case token.StatusExpired:
+			return fmt.Errorf("%w: expired", ErrInvalidToken)
+		}
+		if !t.AllowedIPs.Allows(client) {
+			return fmt.Errorf("%w: client address not allowed", ErrInvalidToken)
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, token.ErrNotFound):
+		return Principal{}, fmt.Errorf("%w: unknown secret", ErrInvalidToken)
+	case err != nil:
+		return Principal{}, err
+	}
+	return Principal{UserID: t.UserID, TokenID: t.ID}, nil
+}
+
+// ParseBearer extracts the token from an Authorization value of the form
+// "Bearer <token>" (RFC 6750; the scheme is case-insensitive). A value in
+// another scheme, or with no token, is ErrNoCredentials: no bearer token was
+// presented. A token with inner whitespace is ErrInvalidToken.
+func ParseBearer(v string) (string, error) {
+	scheme, rest, ok := strings.Cut(v, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", fmt.Errorf("%w: not a bearer authorization", ErrNoCredentials)
+	}
+	tok := strings.TrimLeft(rest, " ")
+	if tok == "" {
+		return "", fmt.Errorf("%w: empty bearer token", ErrNoCredentials)
+	}
+	if strings.ContainsAny(tok, " \t") {
+		return "", fmt.Errorf("%w: malformed bearer token", ErrInvalidToken)
+	}
+	return tok, nil
+}
+
+// ClientAddr derives the client address from the TCP peer and the values of
+// X-Forwarded-For. Forwarded values are believed only from a trusted proxy,
+// and then only as far as the chain of trusted proxies goes: walking from the
+// right, the first address that is not a trusted proxy is the client. An
+// unparsable entry ends the walk at the last address known to be honest.
+func (a *Authenticator) ClientAddr(peerAddr netip.Addr, forwardedFor []string) netip.Addr {
+	client := peerAddr.Unmap()
+	if !a.trusted(client) {
+		return client
+	}
+	for i := len(forwardedFor) - 1; i >= 0; i-- {
+		hops := strings.Split(forwardedFor[i], ",")
+		for j := len(hops) - 1; j >= 0; j-- {
+			hop, err := netip.ParseAddr(strings.TrimSpace(hops[j]))
+			if err != nil || hop.Zone() != "" {
+				return client
+			}
+			client = hop.Unmap()
+			if !a.trusted(client) {
+				return client
+			}
+		}
+	}
+	return client
+}
+
+func (a *Authenticator) trusted(addr netip.Addr) bool {
+	for _, p := range a.proxies {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// PeerAddr returns the IP address of the request's transport peer, or the
+// zero Addr if it has none (such as a unix socket).
+func PeerAddr(ctx context.Context) netip.Addr {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return netip.Addr{}
+	}
+	if tcp, ok := p.Addr.(*net.TCPAddr); ok {
+		return tcp.AddrPort().Addr().Unmap()
+	}
+	ap, err := netip.ParseAddrPort(p.Addr.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// UnaryInterceptor authenticates every call except those for which public
+// reports true (health checks, reflection). It derives the client address,
+// authenticates, records the outcome on the request's Info, and hands the
+// handler a context carrying the Principal.
+func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if public(info.FullMethod) {
+			return handler(ctx, req)
+		}
+		md, _ := metadata.FromIncomingContext(ctx)
+		client := a.ClientAddr(PeerAddr(ctx), md.Get("x-forwarded-for"))
+		ri := request.FromContext(ctx)
+		if ri != nil {
+			ri.Client = client
+		}
+		p, err := a.Authenticate(md.Get("authorization"), client)
+		if err != nil {
+			if ri != nil {
+				ri.Failure = err.Error()
+			}
+			return nil, err
+		}
+		if ri != nil {
+			ri.UserID, ri.TokenID = p.UserID, p.TokenID
+		}
+		return handler(NewContext(ctx, p), req)
+	}
+}

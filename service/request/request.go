@@ -1,0 +1,96 @@
+// Package request carries what tokend knows about one request across the
+// layers it passes through: its trace id, the client address and, once
+// authenticated, the token that made it. The transport edge (the HTTP
+// middleware or the outermost gRPC interceptor) creates it; later layers
+// fill it in; the edge writes it to the request's log line.
+package request
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/netip"
+)
+
+// Info is the mutable, request-scoped record. It is owned by one request
+// and touched by one goroutine at a time, as a request's layers run in turn.
+type Info struct {
+	// TraceID is 32 lowercase hex digits, from an incoming W3C traceparent
+	// or freshly drawn.
+	TraceID string
+	// Client is the client address as derived by authentication (the TCP
+	// peer, or a forwarded address from a trusted proxy).
+	Client netip.Addr
+	// UserID and TokenID name the authenticated token, once there is one.
+	UserID  string
+	TokenID uint64
+	// Failure says why authentication failed, for the log line; never the
+	// presented secret.
+	Failure string
+}
+
+type ctxKey struct{}
+
+// NewContext returns ctx carrying info.
+func NewContext(ctx context.Context, info *Info) context.Context {
+	return context.WithValue(ctx, ctxKey{}, info)
+}
+
+// FromContext returns the request's Info, or nil outside a request.
+func FromContext(ctx context.Context) *Info {
+	info, _ := ctx.Value(ctxKey{}).(*Info)
+	return info
+}
+
+// TraceID returns the trace id for a request whose W3C traceparent header
+// (or metadata) is traceparent: its trace-id field if the header is
+// well-formed, else a fresh random id. An attacker-chosen id is harmless: it
+// only names log lines, and the format check keeps it to 32 hex digits.
+func TraceID(traceparent string) string {
+	if id, ok := ParseTraceparent(traceparent); ok {
+		return id
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux (Go 1.24+).
+	return hex.EncodeToString(b[:])
+}
+
+// ParseTraceparent extracts the trace-id from a version-00 W3C traceparent
+// ("00-<32 hex>-<16 hex>-<2 hex>"). Lowercase hex only; all-zero ids are
+// invalid, as the spec requires. Future versions may append fields after
+// the flags, which are accepted.
+func ParseTraceparent(h string) (string, bool) {
+	if len(h) < 55 || h[2] != '-' || h[35] != '-' || h[52] != '-' {
+		return "", false
+	}
+	version, traceID, parentID, flags := h[0:2], h[3:35], h[36:52], h[53:55]
+	if !isHex(version) || version == "ff" || !isHex(traceID) || !isHex(parentID) || !isHex(flags) {
+		return "", false
+	}
+	if version == "00" && len(h) != 55 || len(h) > 55 && h[55] != '-' {
+		return "", false
+	}
+	if allZero(traceID) || allZero(parentID) {
+		return "", false
+	}
+	return traceID, true
+}
+
+func isHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func allZero(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] != '0' {
+			return false
+		}
+	}
+	return true
+}

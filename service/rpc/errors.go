@@ -1,0 +1,128 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tokend/tokend/service/auth"
+	"github.com/tokend/tokend/service/request"
+	"github.com/tokend/tokend/service/store"
+	"github.com/tokend/tokend/service/token"
+)
+
+// ErrorDomain is the google.rpc.ErrorInfo domain of every error tokend
+// itself produces. An error without it came from a library (such as the
+// gateway's parameter parsing), and its message is not shown to clients.
+const ErrorDomain = "tokend"
+
+// Reasons carried in google.rpc.ErrorInfo, stable for clients to match on.
+const (
+	ReasonMissingCredentials = "MISSING_CREDENTIALS"
+	ReasonInvalidToken       = "INVALID_TOKEN"
+	ReasonNotFound           = "NOT_FOUND"
+	ReasonInvalidArgument    = "INVALID_ARGUMENT"
+	ReasonInternal           = "INTERNAL"
+)
+
+// Messages shown to clients for errors whose own text is not for them.
+const (
+	msgMissingCredentials = "Missing bearer token"
+	msgInvalidToken       = "Authentication failed"
+	msgTokenNotFound      = "Access token not found"
+	msgUserNotFound       = "Unknown user"
+	msgInternal           = "An internal error occurred"
+)
+
+// errorInterceptor is the one place where handler errors become gRPC
+// statuses. Domain errors are matched with errors.Is, so wrapping keeps them
+// recognisable. Anything unrecognised is Internal with a generic message,
+// and its cause is logged once, with the trace id, and never sent.
+func errorInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := handler(ctx, req)
+		if err == nil {
+			return resp, nil
+		}
+		st := toStatus(err)
+		if st.Code() == codes.Internal {
+			attrs := []any{slog.String("method", info.FullMethod), slog.String("error", err.Error())}
+			if ri := request.FromContext(ctx); ri != nil {
+				attrs = append(attrs, slog.String("trace_id", ri.TraceID))
+			}
+			log.ErrorContext(ctx, "internal error", attrs...)
+		}
+		return nil, st.Err()
+	}
+}
+
+func toStatus(err error) *status.Status {
+	switch {
+	case errors.Is(err, auth.ErrNoCredentials):
+		return newStatus(codes.Unauthenticated, ReasonMissingCredentials, msgMissingCredentials)
+	case errors.Is(err, auth.ErrInvalidToken):
+		return newStatus(codes.Unauthenticated, ReasonInvalidToken, msgInvalidToken)
+	case errors.Is(err, token.ErrNotFound):
+		return newStatus(codes.NotFound, ReasonNotFound, msgTokenNotFound)
+	case errors.Is(err, token.ErrUserNotFound):
+		return newStatus(codes.NotFound, ReasonNotFound, msgUserNotFound)
+	case errors.Is(err, token.ErrInvalid):
+		// Validation errors are written for the caller: their text says
+		// which rule the input broke, and nothing internal.
+		return newStatus(codes.InvalidArgument, ReasonInvalidArgument, validationMessage(err))
+	case errors.Is(err, context.Canceled):
+		return status.New(codes.Canceled, "request canceled")
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.New(codes.DeadlineExceeded, "deadline exceeded")
+	case errors.Is(err, store.ErrCorrupt):
+		return newStatus(codes.Internal, ReasonInternal, msgInternal)
+	}
+	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+		// Already a status, from grpc-go itself or a library: keep its code.
+		return st
+	}
+	return newStatus(codes.Internal, ReasonInternal, msgInternal)
+}
+
+func newStatus(c codes.Code, reason, msg string) *status.Status {
+	st := status.New(c, msg)
+	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain}); err == nil {
+		return withInfo
+	}
+	return st
+}
+
+// validationMessage strips the "invalid input: " prefix of token.ErrInvalid
+// so the client reads just the rule.
+func validationMessage(err error) string {
+	msg := err.Error()
+	if _, rest, ok := cutAfter(msg, token.ErrInvalid.Error()+": "); ok {
+		return rest
+	}
+	return msg
+}
+
+func cutAfter(s, sep string) (string, string, bool) {
+	for i := 0; i+len(sep) <= len(s); i++ {
+		if s[i:i+len(sep)] == sep {
+			return s[:i], s[i+len(sep):], true
+		}
+	}
+	return s, "", false
+}
+
+// Reason returns the ErrorInfo reason of a tokend status, or "" for a
+// status tokend did not produce.
+func Reason(st *status.Status) string {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			return info.GetReason()
+		}
+	}
+	return ""
+}

@@ -1,0 +1,174 @@
+// Package rpc builds tokend's gRPC servers and their interceptor chains, and
+// the in-process channel through which the REST gateway reaches the same
+// chain. It is the one place where a request's trace id is set, domain
+// errors become status codes, panics are recovered and authentication runs.
+package rpc
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	adminv1 "github.com/tokend/tokend/gen/tokend/admin/v1"
+	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
+	"github.com/tokend/tokend/service"
+	"github.com/tokend/tokend/service/auth"
+	"github.com/tokend/tokend/service/request"
+	"github.com/tokend/tokend/service/store"
+)
+
+// TraceHeader is the response header (gRPC metadata key) that carries the
+// request's trace id.
+const TraceHeader = "x-trace-id"
+
+// Deps are what the servers are built from.
+type Deps struct {
+	Store  *store.Store
+	Auth   *auth.Authenticator
+	Logger *slog.Logger
+	// Now is the clock; time.Now in production.
+	Now func() time.Time
+}
+
+// Public is the public API: the network gRPC server, the in-process channel
+// the gateway calls, and the health service to flip at shutdown.
+type Public struct {
+	Server *grpc.Server
+	Local  *Channel
+	Health *health.Server
+}
+
+// NewPublic builds the public gRPC server with TokenService, health and
+// reflection, and an in-process Channel to TokenService. Both run one chain:
+// request edge (trace id, log line) → error mapping → panic recovery →
+// authentication (skipped for health and reflection) → handler.
+func NewPublic(d Deps, opts ...grpc.ServerOption) *Public {
+	interceptors := []grpc.UnaryServerInterceptor{
+		edgeInterceptor(d.Logger),
+		errorInterceptor(d.Logger),
+		recoverInterceptor(),
+		d.Auth.UnaryInterceptor(isPublicMethod),
+	}
+	srv := grpc.NewServer(append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(interceptors...)}, opts...)...)
+	tokens := service.NewTokenService(d.Store, d.Now)
+	tokenv1.RegisterTokenServiceServer(srv, tokens)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv)
+
+	local := newChannel(chainUnary(interceptors...))
+	tokenv1.RegisterTokenServiceServer(local, tokens)
+	return &Public{Server: srv, Local: local, Health: hs}
+}
+
+// NewAdmin builds the admin gRPC server for the owner-only unix socket, and
+// an in-process Channel with the same chain for the CLI when no server is
+// running. The admin API has no bearer authentication: reaching it at all
+// is the credential.
+func NewAdmin(d Deps) (*grpc.Server, *Channel) {
+	interceptors := []grpc.UnaryServerInterceptor{
+		edgeInterceptor(d.Logger),
+		errorInterceptor(d.Logger),
+		recoverInterceptor(),
+	}
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(interceptors...))
+	admin := service.NewAdminService(d.Store, d.Now)
+	adminv1.RegisterAdminServiceServer(srv, admin)
+	local := newChannel(chainUnary(interceptors...))
+	adminv1.RegisterAdminServiceServer(local, admin)
+	return srv, local
+}
+
+// isPublicMethod lists the methods that need no bearer token: probes and
+// schema discovery, which reveal nothing about any token.
+func isPublicMethod(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/") ||
+		strings.HasPrefix(fullMethod, "/grpc.reflection.")
+}
+
+// chainUnary composes interceptors in order, outermost first, for the
+// in-process channel (grpc.ChainUnaryInterceptor does this for a server).
+func chainUnary(ics ...grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		next := handler
+		for i := len(ics) - 1; i >= 0; i-- {
+			ic, inner := ics[i], next
+			next = func(ctx context.Context, req any) (any, error) { return ic(ctx, req, info, inner) }
+		}
+		return next(ctx, req)
+	}
+}
+
+// edgeInterceptor starts the request's Info when the call arrived over
+// gRPC: trace id from the traceparent metadata or fresh, returned in the
+// x-trace-id header, and one log line when the call ends. A call through the
+// gateway's channel already has an Info, and the gateway logs it.
+func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if request.FromContext(ctx) != nil {
+			return handler(ctx, req)
+		}
+		start := time.Now()
+		md, _ := metadata.FromIncomingContext(ctx)
+		var tp string
+		if v := md.Get("traceparent"); len(v) == 1 {
+			tp = v[0]
+		}
+		ri := &request.Info{TraceID: request.TraceID(tp), Client: auth.PeerAddr(ctx)}
+		ctx = request.NewContext(ctx, ri)
+		_ = grpc.SetHeader(ctx, metadata.Pairs(TraceHeader, ri.TraceID))
+		resp, err := handler(ctx, req)
+		svc, method := splitMethod(info.FullMethod)
+		attrs := []slog.Attr{
+			slog.String("trace_id", ri.TraceID),
+			slog.String("transport", "grpc"),
+			slog.String("service", svc),
+			slog.String("method", method),
+			slog.String("code", status.Code(err).String()),
+			slog.Duration("latency", time.Since(start)),
+		}
+		attrs = append(attrs, CallerAttrs(ri)...)
+		log.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
+		return resp, err
+	}
+}
+
+// CallerAttrs are the log attributes that describe who made a request; the
+// gateway's log line uses them too, so both transports log callers alike.
+func CallerAttrs(ri *request.Info) []slog.Attr {
+	var attrs []slog.Attr
+	if ri.Client.IsValid() {
+		attrs = append(attrs, slog.String("client", ri.Client.String()))
+	}
+	if ri.TokenID != 0 {
+		attrs = append(attrs, slog.Uint64("token_id", ri.TokenID), slog.String("user", ri.UserID))
+	}
+	if ri.Failure != "" {
+		attrs = append(attrs, slog.String("auth_failure", ri.Failure))
+	}
+	return attrs
+}
+
+// recoverInterceptor turns a handler panic into an error, which the error
+// interceptor logs with its stack and reports as Internal: no input may
+// take the server down.
+func recoverInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				resp, err = nil, fmt.Errorf("panic in %s: %v\n%s", info.FullMethod, r, debug.Stack())
+			}
+		}()
+		return handler(ctx, req)
+	}
+}
