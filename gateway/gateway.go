@@ -89,7 +89,7 @@ func edge(log *slog.Logger, next http.Handler) http.Handler {
 				slog.String("method", r.Method),
 				slog.String("route", routeOf(r)),
 				slog.Int("status", sw.code()),
-				slog.Duration("latency", time.Since(start)),
+				slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
 			}
 			attrs = append(attrs, rpc.CallerAttrs(ri)...)
 			log.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)

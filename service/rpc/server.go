@@ -135,7 +135,7 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 			slog.String("service", svc),
 			slog.String("method", method),
 			slog.String("code", status.Code(err).String()),
-			slog.Duration("latency", time.Since(start)),
+			slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
 		}
 		attrs = append(attrs, CallerAttrs(ri)...)
 		log.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)

@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"time"
@@ -80,20 +81,36 @@ func Open(path string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("%w at %s", ErrNoDatabase, path)
 		}
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	db, err := openBolt(path, timeout)
+	var pathErr *fs.PathError
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("open %s: %w", path, ErrInUse)
-	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
-		return nil, fmt.Errorf("open %s: %w", path, ErrCorrupt)
-	case err != nil:
+	case errors.As(err, &pathErr):
 		return nil, fmt.Errorf("open %s: %w", path, err)
+	case err != nil:
+		// Everything else bbolt reports on open (bad magic, checksum or
+		// version, "file size too small", a panic on a broken freelist)
+		// means the file's contents are not a usable database.
+		return nil, fmt.Errorf("open %s: %w (%v)", path, ErrCorrupt, err)
 	}
 	if err := db.Update(initSchema); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	return &Store{db: db}, nil
+}
+
+// openBolt opens the file, turning the panics with which bbolt meets some
+// truncated files into errors. (The file's descriptor leaks in that case;
+// callers exit on ErrCorrupt.)
+func openBolt(path string, timeout time.Duration) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, fmt.Errorf("bbolt: %v", r)
+		}
+	}()
+	return bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
 }
 
 func initSchema(tx *bolt.Tx) error {

@@ -640,7 +640,7 @@ func TestOpenInUse(t *testing.T) {
 }
 
 func TestOpenGarbage(t *testing.T) {
-	for _, size := range []int{1, 100, 1023, 1024, 4095, 4096, 5000, 8191, 8192, 16384, 65536} {
+	for _, size := range []int{1, 100, 1023, 1024, 2048, 2049, 4095, 4096, 5000, 8191, 8192, 16384, 65536} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "garbage.db")
 			b := make([]byte, size)
@@ -658,10 +658,52 @@ func TestOpenGarbage(t *testing.T) {
 			if !errors.Is(err, ErrCorrupt) {
 				t.Errorf("Open(%d garbage bytes) = %v, want ErrCorrupt", size, err)
 			}
-			// The failed Open must not have changed or kept the file locked.
+			// The failed Open must not have written to the file.
 			after, rerr := os.ReadFile(path)
 			if rerr != nil || !slices.Equal(after, b) {
 				t.Errorf("Open changed the garbage file (read error %v)", rerr)
+			}
+		})
+	}
+}
+
+// TestOpenTruncated cuts a real tokend database short, as a full disk or a
+// partial copy would. Open must refuse it with ErrCorrupt, not panic.
+func TestOpenTruncated(t *testing.T) {
+	s, path := openTemp(t)
+	for i := 0; i < 20; i++ {
+		create(t, s, "alice", fmt.Sprint(i))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	full, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{100, 4096, 8192, 12288} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			if n >= len(full) {
+				t.Skipf("database is only %d bytes", len(full))
+			}
+			cut := filepath.Join(t.TempDir(), "cut.db")
+			if err := os.WriteFile(cut, full[:n], 0o600); err != nil {
+				t.Fatal(err)
+			}
+			err := func() (err error) {
+				defer func() {
+					if r := recover(); r != nil {
+						err = fmt.Errorf("panic: %v", r)
+					}
+				}()
+				s, err := Open(cut, Options{LockTimeout: 200 * time.Millisecond})
+				if err == nil {
+					_ = s.Close()
+				}
+				return err
+			}()
+			if !errors.Is(err, ErrCorrupt) {
+				t.Errorf("Open(database truncated to %d of %d bytes) = %v, want ErrCorrupt", n, len(full), err)
 			}
 		})
 	}

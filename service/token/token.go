@@ -95,7 +95,11 @@ func Clock(t time.Time) time.Time {
 }
 
 // ValidateName checks a token name: 1 to MaxNameLen characters of printable
-// text, not just spaces.
+// text, not just spaces. Printable means Unicode graphic characters (letters,
+// marks, numbers, punctuation, symbols and spaces) plus the zero-width
+// joiner that composed emoji need; control and other format characters,
+// such as bidi overrides that make a name display as something else, are
+// refused.
 func ValidateName(name string) error {
 	if !utf8.ValidString(name) {
 		return fmt.Errorf("%w: name must be valid UTF-8", ErrInvalid)
@@ -109,7 +113,7 @@ func ValidateName(name string) error {
 	}
 	blank := true
 	for _, r := range name {
-		if !unicode.IsPrint(r) {
+		if !unicode.IsGraphic(r) && r != '\u200d' {
 			return fmt.Errorf("%w: name must contain only printable characters", ErrInvalid)
 		}
 		if !unicode.IsSpace(r) {
