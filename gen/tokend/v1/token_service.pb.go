@@ -12,6 +12,7 @@ package tokendv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -289,11 +290,738 @@ func (x *GetTokenResponse) GetToken() *Token {
 	return nil
 }
 
+// CreateTokenRequest describes the token to mint.
+type CreateTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is a label of 1 to 100 printable characters.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// expires_at is when the token stops working; it must be in the future and
+	// within the server's maximum lifetime. Unset (and no expires_in_seconds)
+	// means the token does not expire.
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// expires_in_seconds is an alternative to expires_at: the token's lifetime
+	// in seconds from now. Zero means unset; at most one of the two may be set.
+	ExpiresInSeconds int64 `protobuf:"varint,3,opt,name=expires_in_seconds,json=expiresInSeconds,proto3" json:"expires_in_seconds,omitempty"`
+	// allowed_ips restricts the token to these IPv4/IPv6 addresses and CIDR
+	// ranges; empty means unrestricted.
+	AllowedIps    []string `protobuf:"bytes,4,rep,name=allowed_ips,json=allowedIps,proto3" json:"allowed_ips,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenRequest) Reset() {
+	*x = CreateTokenRequest{}
+	mi := &file_tokend_v1_token_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenRequest) ProtoMessage() {}
+
+func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_v1_token_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_tokend_v1_token_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CreateTokenRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *CreateTokenRequest) GetExpiresInSeconds() int64 {
+	if x != nil {
+		return x.ExpiresInSeconds
+	}
+	return 0
+}
+
+func (x *CreateTokenRequest) GetAllowedIps() []string {
+	if x != nil {
+		return x.AllowedIps
+	}
+	return nil
+}
+
+// CreateTokenResponse carries the new token and its secret.
+type CreateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is the new token.
+	Token *Token `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// secret is the bearer secret. tokend keeps only its hash, so it cannot be
+	// shown again (except to an idempotent retry of this very request).
+	Secret        string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenResponse) Reset() {
+	*x = CreateTokenResponse{}
+	mi := &file_tokend_v1_token_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenResponse) ProtoMessage() {}
+
+func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_v1_token_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_tokend_v1_token_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CreateTokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *CreateTokenResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+// ListTokensRequest asks for a page of the caller's tokens. Field names
+// follow the REST query parameters (?limit=&cursor=&status=).
+type ListTokensRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// limit is the most tokens to return: 1 to 100; 0 means the default, 20.
+	Limit int32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	// cursor is the next_cursor of the previous page, or empty for the first
+	// page. It is opaque; pages stay stable while tokens are created.
+	Cursor string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// status keeps only tokens with this status: "active", "expired" or
+	// "revoked"; empty keeps all. (A string, not TokenStatus, so the REST
+	// query reads ?status=active.)
+	Status        string `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensRequest) Reset() {
+	*x = ListTokensRequest{}
+	mi := &file_tokend_v1_token_service_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensRequest) ProtoMessage() {}
+
+func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_v1_token_service_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListTokensRequest) Descriptor() ([]byte, []int) {
+	return file_tokend_v1_token_service_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListTokensRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListTokensRequest) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *ListTokensRequest) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+// ListTokensResponse is a page of tokens.
+type ListTokensResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tokens are the caller's tokens, newest first.
+	Tokens []*Token `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	// next_cursor fetches the next page; empty on the last page.
+	NextCursor    string `protobuf:"bytes,2,opt,name=next_cursor,json=nextCursor,proto3" json:"next_cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensResponse) Reset() {
+	*x = ListTokensResponse{}
+	mi := &file_tokend_v1_token_service_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensResponse) ProtoMessage() {}
+
+func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_v1_token_service_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListTokensResponse) Descriptor() ([]byte, []int) {
+	return file_tokend_v1_token_service_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ListTokensResponse) GetTokens() []*Token {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+func (x *ListTokensResponse) GetNextCursor() string {
+	if x != nil {
+		return x.NextCursor
+	}
+	return ""
+}
+
+// TokenUpdate holds the fields of a token that can be changed.
+type TokenUpdate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the new label, 1 to 100 printable characters.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// allowed_ips is the new restriction; empty removes the restriction.
+	AllowedIps    []string `protobuf:"bytes,2,rep,name=allowed_ips,json=allowedIps,proto3" json:"allowed_ips,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenUpdate) Reset() {
+	*x = TokenUpdate{}
+	mi := &file_tokend_v1_token_service_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenUpdate) ProtoMessage() {}
+
+func (x *TokenUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_v1_token_service_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenUpdate.ProtoReflect.Descriptor instead.
+func (*TokenUpdate) Descriptor() ([]byte, []int) {
+	return file_tokend_v1_token_service_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *TokenUpdate) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TokenUpdate) GetAllowedIps() []string {
+	if x != nil {
+		return x.AllowedIps
+	}
+	return nil
+}
+
+// UpdateTokenRequest changes a token.
+type UpdateTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token_id is the id of one of the caller's tokens.
+	TokenId int64 `protobuf:"varint,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// token holds the new values of the fields named in update_mask.
+	Token *TokenUpdate `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// update_mask names the fields to change: "name" and/or "allowed_ips".
+	// Over REST it is derived from the keys present in the JSON body.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,3,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateTokenRequest) Reset() {
+	*x = UpdateTokenRequest{}
+	mi := &file_tokend_v1_token_service_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateTokenRequest) ProtoMessage() {}
+
+func (x *UpdateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_v1_token_service_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateTokenRequest.ProtoReflect.Descriptor instead.
+func (*UpdateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_tokend_v1_token_service_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *UpdateTokenRequest) GetTokenId() int64 {
+	if x != nil {
+		return x.TokenId
+	}
+	return 0
+}
+
+func (x *UpdateTokenRequest) GetToken() *TokenUpdate {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *UpdateTokenRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// UpdateTokenResponse carries the updated token.
+type UpdateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is the token after the update.
+	Token         *Token `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateTokenResponse) Reset() {
+	*x = UpdateTokenResponse{}
+	mi := &file_tokend_v1_token_service_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateTokenResponse) ProtoMessage() {}
+
+func (x *UpdateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_v1_token_service_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateTokenResponse.ProtoReflect.Descriptor instead.
+func (*UpdateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_tokend_v1_token_service_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *UpdateTokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+// RevokeTokenRequest names the token to revoke.
+type RevokeTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token_id is the id of one of the caller's tokens.
+	TokenId       int64 `protobuf:"varint,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenRequest) Reset() {
+	*x = RevokeTokenRequest{}
+	mi := &file_tokend_v1_token_service_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenRequest) ProtoMessage() {}
+
+func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_v1_token_service_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
+	return file_tokend_v1_token_service_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RevokeTokenRequest) GetTokenId() int64 {
+	if x != nil {
+		return x.TokenId
+	}
+	return 0
+}
+
+// RevokeTokenResponse carries the revoked token.
+type RevokeTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is the token after the revocation.
+	Token         *Token `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenResponse) Reset() {
+	*x = RevokeTokenResponse{}
+	mi := &file_tokend_v1_token_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenResponse) ProtoMessage() {}
+
+func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_v1_token_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
+	return file_tokend_v1_token_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RevokeTokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+// RotateTokenRequest names the token to rotate.
+type RotateTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token_id is the id of one of the caller's tokens.
+	TokenId int64 `protobuf:"varint,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// grace_period_seconds keeps the old secret working this many seconds
+	// more, so clients can roll without downtime; zero ends it at once. It is
+	// capped by the server's configuration.
+	GracePeriodSeconds int64 `protobuf:"varint,2,opt,name=grace_period_seconds,json=gracePeriodSeconds,proto3" json:"grace_period_seconds,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *RotateTokenRequest) Reset() {
+	*x = RotateTokenRequest{}
+	mi := &file_tokend_v1_token_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateTokenRequest) ProtoMessage() {}
+
+func (x *RotateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_v1_token_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateTokenRequest.ProtoReflect.Descriptor instead.
+func (*RotateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_tokend_v1_token_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RotateTokenRequest) GetTokenId() int64 {
+	if x != nil {
+		return x.TokenId
+	}
+	return 0
+}
+
+func (x *RotateTokenRequest) GetGracePeriodSeconds() int64 {
+	if x != nil {
+		return x.GracePeriodSeconds
+	}
+	return 0
+}
+
+// RotateTokenResponse carries the token and its new secret.
+type RotateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is the rotated token: same id, name and restrictions.
+	Token *Token `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// secret is the new bearer secret, shown only now.
+	Secret string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	// previous_secret_expires_at is when the old secret stops working.
+	PreviousSecretExpiresAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=previous_secret_expires_at,json=previousSecretExpiresAt,proto3" json:"previous_secret_expires_at,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *RotateTokenResponse) Reset() {
+	*x = RotateTokenResponse{}
+	mi := &file_tokend_v1_token_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateTokenResponse) ProtoMessage() {}
+
+func (x *RotateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_v1_token_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateTokenResponse.ProtoReflect.Descriptor instead.
+func (*RotateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_tokend_v1_token_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RotateTokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *RotateTokenResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *RotateTokenResponse) GetPreviousSecretExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PreviousSecretExpiresAt
+	}
+	return nil
+}
+
+// GetCurrentTokenRequest asks about the token that authenticates the call.
+type GetCurrentTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCurrentTokenRequest) Reset() {
+	*x = GetCurrentTokenRequest{}
+	mi := &file_tokend_v1_token_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCurrentTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCurrentTokenRequest) ProtoMessage() {}
+
+func (x *GetCurrentTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_v1_token_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCurrentTokenRequest.ProtoReflect.Descriptor instead.
+func (*GetCurrentTokenRequest) Descriptor() ([]byte, []int) {
+	return file_tokend_v1_token_service_proto_rawDescGZIP(), []int{14}
+}
+
+// GetCurrentTokenResponse describes the calling token and its owner.
+type GetCurrentTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is the token that authenticated this call.
+	Token *Token `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// user_id is the token's owner.
+	UserId        string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCurrentTokenResponse) Reset() {
+	*x = GetCurrentTokenResponse{}
+	mi := &file_tokend_v1_token_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCurrentTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCurrentTokenResponse) ProtoMessage() {}
+
+func (x *GetCurrentTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_v1_token_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCurrentTokenResponse.ProtoReflect.Descriptor instead.
+func (*GetCurrentTokenResponse) Descriptor() ([]byte, []int) {
+	return file_tokend_v1_token_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetCurrentTokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *GetCurrentTokenResponse) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
 var File_tokend_v1_token_service_proto protoreflect.FileDescriptor
 
 const file_tokend_v1_token_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1dtokend/v1/token_service.proto\x12\ttokend.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x02\n" +
+	"\x1dtokend/v1/token_service.proto\x12\ttokend.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x02\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12.\n" +
@@ -311,14 +1039,65 @@ const file_tokend_v1_token_service_proto_rawDesc = "" +
 	"\x0fGetTokenRequest\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\x03R\atokenId\":\n" +
 	"\x10GetTokenResponse\x12&\n" +
-	"\x05token\x18\x01 \x01(\v2\x10.tokend.v1.TokenR\x05token*x\n" +
+	"\x05token\x18\x01 \x01(\v2\x10.tokend.v1.TokenR\x05token\"\xb2\x01\n" +
+	"\x12CreateTokenRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12,\n" +
+	"\x12expires_in_seconds\x18\x03 \x01(\x03R\x10expiresInSeconds\x12\x1f\n" +
+	"\vallowed_ips\x18\x04 \x03(\tR\n" +
+	"allowedIps\"U\n" +
+	"\x13CreateTokenResponse\x12&\n" +
+	"\x05token\x18\x01 \x01(\v2\x10.tokend.v1.TokenR\x05token\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\"Y\n" +
+	"\x11ListTokensRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\x05R\x05limit\x12\x16\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\"_\n" +
+	"\x12ListTokensResponse\x12(\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x10.tokend.v1.TokenR\x06tokens\x12\x1f\n" +
+	"\vnext_cursor\x18\x02 \x01(\tR\n" +
+	"nextCursor\"B\n" +
+	"\vTokenUpdate\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vallowed_ips\x18\x02 \x03(\tR\n" +
+	"allowedIps\"\x9a\x01\n" +
+	"\x12UpdateTokenRequest\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\x03R\atokenId\x12,\n" +
+	"\x05token\x18\x02 \x01(\v2\x16.tokend.v1.TokenUpdateR\x05token\x12;\n" +
+	"\vupdate_mask\x18\x03 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"=\n" +
+	"\x13UpdateTokenResponse\x12&\n" +
+	"\x05token\x18\x01 \x01(\v2\x10.tokend.v1.TokenR\x05token\"/\n" +
+	"\x12RevokeTokenRequest\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\x03R\atokenId\"=\n" +
+	"\x13RevokeTokenResponse\x12&\n" +
+	"\x05token\x18\x01 \x01(\v2\x10.tokend.v1.TokenR\x05token\"a\n" +
+	"\x12RotateTokenRequest\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\x03R\atokenId\x120\n" +
+	"\x14grace_period_seconds\x18\x02 \x01(\x03R\x12gracePeriodSeconds\"\xae\x01\n" +
+	"\x13RotateTokenResponse\x12&\n" +
+	"\x05token\x18\x01 \x01(\v2\x10.tokend.v1.TokenR\x05token\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\x12W\n" +
+	"\x1aprevious_secret_expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x17previousSecretExpiresAt\"\x18\n" +
+	"\x16GetCurrentTokenRequest\"Z\n" +
+	"\x17GetCurrentTokenResponse\x12&\n" +
+	"\x05token\x18\x01 \x01(\v2\x10.tokend.v1.TokenR\x05token\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId*x\n" +
 	"\vTokenStatus\x12\x1c\n" +
 	"\x18TOKEN_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13TOKEN_STATUS_ACTIVE\x10\x01\x12\x18\n" +
 	"\x14TOKEN_STATUS_EXPIRED\x10\x02\x12\x18\n" +
-	"\x14TOKEN_STATUS_REVOKED\x10\x032S\n" +
+	"\x14TOKEN_STATUS_REVOKED\x10\x032\xb0\x04\n" +
 	"\fTokenService\x12C\n" +
-	"\bGetToken\x12\x1a.tokend.v1.GetTokenRequest\x1a\x1b.tokend.v1.GetTokenResponseB\x98\x01\n" +
+	"\bGetToken\x12\x1a.tokend.v1.GetTokenRequest\x1a\x1b.tokend.v1.GetTokenResponse\x12L\n" +
+	"\vCreateToken\x12\x1d.tokend.v1.CreateTokenRequest\x1a\x1e.tokend.v1.CreateTokenResponse\x12I\n" +
+	"\n" +
+	"ListTokens\x12\x1c.tokend.v1.ListTokensRequest\x1a\x1d.tokend.v1.ListTokensResponse\x12L\n" +
+	"\vUpdateToken\x12\x1d.tokend.v1.UpdateTokenRequest\x1a\x1e.tokend.v1.UpdateTokenResponse\x12L\n" +
+	"\vRevokeToken\x12\x1d.tokend.v1.RevokeTokenRequest\x1a\x1e.tokend.v1.RevokeTokenResponse\x12L\n" +
+	"\vRotateToken\x12\x1d.tokend.v1.RotateTokenRequest\x1a\x1e.tokend.v1.RotateTokenResponse\x12X\n" +
+	"\x0fGetCurrentToken\x12!.tokend.v1.GetCurrentTokenRequest\x1a\".tokend.v1.GetCurrentTokenResponseB\x98\x01\n" +
 	"\rcom.tokend.v1B\x11TokenServiceProtoP\x01Z/github.com/tokend/tokend/gen/tokend/v1;tokendv1\xa2\x02\x03TXX\xaa\x02\tTokend.V1\xca\x02\tTokend\\V1\xe2\x02\x15Tokend\\V1\\GPBMetadata\xea\x02\n" +
 	"Tokend::V1b\x06proto3"
 
@@ -335,27 +1114,63 @@ func file_tokend_v1_token_service_proto_rawDescGZIP() []byte {
 }
 
 var file_tokend_v1_token_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tokend_v1_token_service_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_tokend_v1_token_service_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_tokend_v1_token_service_proto_goTypes = []any{
-	(TokenStatus)(0),              // 0: tokend.v1.TokenStatus
-	(*Token)(nil),                 // 1: tokend.v1.Token
-	(*GetTokenRequest)(nil),       // 2: tokend.v1.GetTokenRequest
-	(*GetTokenResponse)(nil),      // 3: tokend.v1.GetTokenResponse
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(TokenStatus)(0),                // 0: tokend.v1.TokenStatus
+	(*Token)(nil),                   // 1: tokend.v1.Token
+	(*GetTokenRequest)(nil),         // 2: tokend.v1.GetTokenRequest
+	(*GetTokenResponse)(nil),        // 3: tokend.v1.GetTokenResponse
+	(*CreateTokenRequest)(nil),      // 4: tokend.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),     // 5: tokend.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),       // 6: tokend.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),      // 7: tokend.v1.ListTokensResponse
+	(*TokenUpdate)(nil),             // 8: tokend.v1.TokenUpdate
+	(*UpdateTokenRequest)(nil),      // 9: tokend.v1.UpdateTokenRequest
+	(*UpdateTokenResponse)(nil),     // 10: tokend.v1.UpdateTokenResponse
+	(*RevokeTokenRequest)(nil),      // 11: tokend.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),     // 12: tokend.v1.RevokeTokenResponse
+	(*RotateTokenRequest)(nil),      // 13: tokend.v1.RotateTokenRequest
+	(*RotateTokenResponse)(nil),     // 14: tokend.v1.RotateTokenResponse
+	(*GetCurrentTokenRequest)(nil),  // 15: tokend.v1.GetCurrentTokenRequest
+	(*GetCurrentTokenResponse)(nil), // 16: tokend.v1.GetCurrentTokenResponse
+	(*timestamppb.Timestamp)(nil),   // 17: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),   // 18: google.protobuf.FieldMask
 }
 var file_tokend_v1_token_service_proto_depIdxs = []int32{
-	0, // 0: tokend.v1.Token.status:type_name -> tokend.v1.TokenStatus
-	4, // 1: tokend.v1.Token.last_used_at:type_name -> google.protobuf.Timestamp
-	4, // 2: tokend.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	4, // 3: tokend.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	1, // 4: tokend.v1.GetTokenResponse.token:type_name -> tokend.v1.Token
-	2, // 5: tokend.v1.TokenService.GetToken:input_type -> tokend.v1.GetTokenRequest
-	3, // 6: tokend.v1.TokenService.GetToken:output_type -> tokend.v1.GetTokenResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	0,  // 0: tokend.v1.Token.status:type_name -> tokend.v1.TokenStatus
+	17, // 1: tokend.v1.Token.last_used_at:type_name -> google.protobuf.Timestamp
+	17, // 2: tokend.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	17, // 3: tokend.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	1,  // 4: tokend.v1.GetTokenResponse.token:type_name -> tokend.v1.Token
+	17, // 5: tokend.v1.CreateTokenRequest.expires_at:type_name -> google.protobuf.Timestamp
+	1,  // 6: tokend.v1.CreateTokenResponse.token:type_name -> tokend.v1.Token
+	1,  // 7: tokend.v1.ListTokensResponse.tokens:type_name -> tokend.v1.Token
+	8,  // 8: tokend.v1.UpdateTokenRequest.token:type_name -> tokend.v1.TokenUpdate
+	18, // 9: tokend.v1.UpdateTokenRequest.update_mask:type_name -> google.protobuf.FieldMask
+	1,  // 10: tokend.v1.UpdateTokenResponse.token:type_name -> tokend.v1.Token
+	1,  // 11: tokend.v1.RevokeTokenResponse.token:type_name -> tokend.v1.Token
+	1,  // 12: tokend.v1.RotateTokenResponse.token:type_name -> tokend.v1.Token
+	17, // 13: tokend.v1.RotateTokenResponse.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
+	1,  // 14: tokend.v1.GetCurrentTokenResponse.token:type_name -> tokend.v1.Token
+	2,  // 15: tokend.v1.TokenService.GetToken:input_type -> tokend.v1.GetTokenRequest
+	4,  // 16: tokend.v1.TokenService.CreateToken:input_type -> tokend.v1.CreateTokenRequest
+	6,  // 17: tokend.v1.TokenService.ListTokens:input_type -> tokend.v1.ListTokensRequest
+	9,  // 18: tokend.v1.TokenService.UpdateToken:input_type -> tokend.v1.UpdateTokenRequest
+	11, // 19: tokend.v1.TokenService.RevokeToken:input_type -> tokend.v1.RevokeTokenRequest
+	13, // 20: tokend.v1.TokenService.RotateToken:input_type -> tokend.v1.RotateTokenRequest
+	15, // 21: tokend.v1.TokenService.GetCurrentToken:input_type -> tokend.v1.GetCurrentTokenRequest
+	3,  // 22: tokend.v1.TokenService.GetToken:output_type -> tokend.v1.GetTokenResponse
+	5,  // 23: tokend.v1.TokenService.CreateToken:output_type -> tokend.v1.CreateTokenResponse
+	7,  // 24: tokend.v1.TokenService.ListTokens:output_type -> tokend.v1.ListTokensResponse
+	10, // 25: tokend.v1.TokenService.UpdateToken:output_type -> tokend.v1.UpdateTokenResponse
+	12, // 26: tokend.v1.TokenService.RevokeToken:output_type -> tokend.v1.RevokeTokenResponse
+	14, // 27: tokend.v1.TokenService.RotateToken:output_type -> tokend.v1.RotateTokenResponse
+	16, // 28: tokend.v1.TokenService.GetCurrentToken:output_type -> tokend.v1.GetCurrentTokenResponse
+	22, // [22:29] is the sub-list for method output_type
+	15, // [15:22] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_tokend_v1_token_service_proto_init() }
@@ -369,7 +1184,7 @@ func file_tokend_v1_token_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokend_v1_token_service_proto_rawDesc), len(file_tokend_v1_token_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   3,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,20 +22,49 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	TokenService_GetToken_FullMethodName = "/tokend.v1.TokenService/GetToken"
+	TokenService_GetToken_FullMethodName        = "/tokend.v1.TokenService/GetToken"
+	TokenService_CreateToken_FullMethodName     = "/tokend.v1.TokenService/CreateToken"
+	TokenService_ListTokens_FullMethodName      = "/tokend.v1.TokenService/ListTokens"
+	TokenService_UpdateToken_FullMethodName     = "/tokend.v1.TokenService/UpdateToken"
+	TokenService_RevokeToken_FullMethodName     = "/tokend.v1.TokenService/RevokeToken"
+	TokenService_RotateToken_FullMethodName     = "/tokend.v1.TokenService/RotateToken"
+	TokenService_GetCurrentToken_FullMethodName = "/tokend.v1.TokenService/GetCurrentToken"
 )
 
 // TokenServiceClient is the client API for TokenService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// TokenService lets the owner of access tokens inspect them. Every call is
-// authenticated with a tokend access token in the `authorization` metadata
-// (`Bearer <secret>`), and a caller only ever sees their own tokens.
+// TokenService lets the owner of access tokens mint, inspect, rotate and
+// revoke them. Every call is authenticated with a tokend access token in the
+// `authorization` metadata (`Bearer <secret>`), and a caller only ever sees
+// their own tokens: another user's token is NOT_FOUND, exactly like a token
+// that does not exist.
 type TokenServiceClient interface {
-	// GetToken returns one of the caller's tokens by id. A token that does not
-	// exist and a token owned by someone else are both NOT_FOUND.
+	// GetToken returns one of the caller's tokens by id.
 	GetToken(ctx context.Context, in *GetTokenRequest, opts ...grpc.CallOption) (*GetTokenResponse, error)
+	// CreateToken mints a token for the caller and returns its secret, the
+	// only time the secret is ever shown. With an `idempotency-key` metadata
+	// value (REST: the Idempotency-Key header), a retry with the same key and
+	// request within 24 hours returns the same token and secret instead of
+	// minting another; the same key with a different request is
+	// FAILED_PRECONDITION.
+	CreateToken(ctx context.Context, in *CreateTokenRequest, opts ...grpc.CallOption) (*CreateTokenResponse, error)
+	// ListTokens lists the caller's tokens, newest first, a page at a time.
+	ListTokens(ctx context.Context, in *ListTokensRequest, opts ...grpc.CallOption) (*ListTokensResponse, error)
+	// UpdateToken changes a token's name and/or allowed IPs, as named by
+	// update_mask.
+	UpdateToken(ctx context.Context, in *UpdateTokenRequest, opts ...grpc.CallOption) (*UpdateTokenResponse, error)
+	// RevokeToken revokes one of the caller's tokens. It is idempotent, and
+	// the token's secret is refused from the next request on.
+	RevokeToken(ctx context.Context, in *RevokeTokenRequest, opts ...grpc.CallOption) (*RevokeTokenResponse, error)
+	// RotateToken gives a token a new secret, keeping its id, name and
+	// restrictions. The old secret stops working at once, or after the
+	// requested grace period.
+	RotateToken(ctx context.Context, in *RotateTokenRequest, opts ...grpc.CallOption) (*RotateTokenResponse, error)
+	// GetCurrentToken returns the token that authenticated this very call and
+	// its owner: internal services use it to ask "whose token is this?".
+	GetCurrentToken(ctx context.Context, in *GetCurrentTokenRequest, opts ...grpc.CallOption) (*GetCurrentTokenResponse, error)
 }
 
 type tokenServiceClient struct {
@@ -56,17 +85,100 @@ func (c *tokenServiceClient) GetToken(ctx context.Context, in *GetTokenRequest, 
 	return out, nil
 }
 
+func (c *tokenServiceClient) CreateToken(ctx context.Context, in *CreateTokenRequest, opts ...grpc.CallOption) (*CreateTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateTokenResponse)
+	err := c.cc.Invoke(ctx, TokenService_CreateToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenServiceClient) ListTokens(ctx context.Context, in *ListTokensRequest, opts ...grpc.CallOption) (*ListTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListTokensResponse)
+	err := c.cc.Invoke(ctx, TokenService_ListTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenServiceClient) UpdateToken(ctx context.Context, in *UpdateTokenRequest, opts ...grpc.CallOption) (*UpdateTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateTokenResponse)
+	err := c.cc.Invoke(ctx, TokenService_UpdateToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenServiceClient) RevokeToken(ctx context.Context, in *RevokeTokenRequest, opts ...grpc.CallOption) (*RevokeTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeTokenResponse)
+	err := c.cc.Invoke(ctx, TokenService_RevokeToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenServiceClient) RotateToken(ctx context.Context, in *RotateTokenRequest, opts ...grpc.CallOption) (*RotateTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateTokenResponse)
+	err := c.cc.Invoke(ctx, TokenService_RotateToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenServiceClient) GetCurrentToken(ctx context.Context, in *GetCurrentTokenRequest, opts ...grpc.CallOption) (*GetCurrentTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetCurrentTokenResponse)
+	err := c.cc.Invoke(ctx, TokenService_GetCurrentToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TokenServiceServer is the server API for TokenService service.
 // All implementations must embed UnimplementedTokenServiceServer
 // for forward compatibility.
 //
-// TokenService lets the owner of access tokens inspect them. Every call is
-// authenticated with a tokend access token in the `authorization` metadata
-// (`Bearer <secret>`), and a caller only ever sees their own tokens.
+// TokenService lets the owner of access tokens mint, inspect, rotate and
+// revoke them. Every call is authenticated with a tokend access token in the
+// `authorization` metadata (`Bearer <secret>`), and a caller only ever sees
+// their own tokens: another user's token is NOT_FOUND, exactly like a token
+// that does not exist.
 type TokenServiceServer interface {
-	// GetToken returns one of the caller's tokens by id. A token that does not
-	// exist and a token owned by someone else are both NOT_FOUND.
+	// GetToken returns one of the caller's tokens by id.
 	GetToken(context.Context, *GetTokenRequest) (*GetTokenResponse, error)
+	// CreateToken mints a token for the caller and returns its secret, the
+	// only time the secret is ever shown. With an `idempotency-key` metadata
+	// value (REST: the Idempotency-Key header), a retry with the same key and
+	// request within 24 hours returns the same token and secret instead of
+	// minting another; the same key with a different request is
+	// FAILED_PRECONDITION.
+	CreateToken(context.Context, *CreateTokenRequest) (*CreateTokenResponse, error)
+	// ListTokens lists the caller's tokens, newest first, a page at a time.
+	ListTokens(context.Context, *ListTokensRequest) (*ListTokensResponse, error)
+	// UpdateToken changes a token's name and/or allowed IPs, as named by
+	// update_mask.
+	UpdateToken(context.Context, *UpdateTokenRequest) (*UpdateTokenResponse, error)
+	// RevokeToken revokes one of the caller's tokens. It is idempotent, and
+	// the token's secret is refused from the next request on.
+	RevokeToken(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error)
+	// RotateToken gives a token a new secret, keeping its id, name and
+	// restrictions. The old secret stops working at once, or after the
+	// requested grace period.
+	RotateToken(context.Context, *RotateTokenRequest) (*RotateTokenResponse, error)
+	// GetCurrentToken returns the token that authenticated this very call and
+	// its owner: internal services use it to ask "whose token is this?".
+	GetCurrentToken(context.Context, *GetCurrentTokenRequest) (*GetCurrentTokenResponse, error)
 	mustEmbedUnimplementedTokenServiceServer()
 }
 
@@ -79,6 +191,24 @@ type UnimplementedTokenServiceServer struct{}
 
 func (UnimplementedTokenServiceServer) GetToken(context.Context, *GetTokenRequest) (*GetTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetToken not implemented")
+}
+func (UnimplementedTokenServiceServer) CreateToken(context.Context, *CreateTokenRequest) (*CreateTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateToken not implemented")
+}
+func (UnimplementedTokenServiceServer) ListTokens(context.Context, *ListTokensRequest) (*ListTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListTokens not implemented")
+}
+func (UnimplementedTokenServiceServer) UpdateToken(context.Context, *UpdateTokenRequest) (*UpdateTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateToken not implemented")
+}
+func (UnimplementedTokenServiceServer) RevokeToken(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeToken not implemented")
+}
+func (UnimplementedTokenServiceServer) RotateToken(context.Context, *RotateTokenRequest) (*RotateTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateToken not implemented")
+}
+func (UnimplementedTokenServiceServer) GetCurrentToken(context.Context, *GetCurrentTokenRequest) (*GetCurrentTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCurrentToken not implemented")
 }
 func (UnimplementedTokenServiceServer) mustEmbedUnimplementedTokenServiceServer() {}
 func (UnimplementedTokenServiceServer) testEmbeddedByValue()                      {}
@@ -119,6 +249,114 @@ func _TokenService_GetToken_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenService_CreateToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).CreateToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_CreateToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).CreateToken(ctx, req.(*CreateTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenService_ListTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).ListTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_ListTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).ListTokens(ctx, req.(*ListTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenService_UpdateToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).UpdateToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_UpdateToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).UpdateToken(ctx, req.(*UpdateTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenService_RevokeToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).RevokeToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_RevokeToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).RevokeToken(ctx, req.(*RevokeTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenService_RotateToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).RotateToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_RotateToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).RotateToken(ctx, req.(*RotateTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenService_GetCurrentToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCurrentTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenServiceServer).GetCurrentToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenService_GetCurrentToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenServiceServer).GetCurrentToken(ctx, req.(*GetCurrentTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TokenService_ServiceDesc is the grpc.ServiceDesc for TokenService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -129,6 +367,30 @@ var TokenService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetToken",
 			Handler:    _TokenService_GetToken_Handler,
+		},
+		{
+			MethodName: "CreateToken",
+			Handler:    _TokenService_CreateToken_Handler,
+		},
+		{
+			MethodName: "ListTokens",
+			Handler:    _TokenService_ListTokens_Handler,
+		},
+		{
+			MethodName: "UpdateToken",
+			Handler:    _TokenService_UpdateToken_Handler,
+		},
+		{
+			MethodName: "RevokeToken",
+			Handler:    _TokenService_RevokeToken_Handler,
+		},
+		{
+			MethodName: "RotateToken",
+			Handler:    _TokenService_RotateToken_Handler,
+		},
+		{
+			MethodName: "GetCurrentToken",
+			Handler:    _TokenService_GetCurrentToken_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

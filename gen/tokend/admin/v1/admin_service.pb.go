@@ -16,6 +16,8 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -351,11 +353,359 @@ func (x *ListTokensResponse) GetTokens() []*v1.Token {
 	return nil
 }
 
+// GetTokenRequest names the token to show.
+type GetTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// user_id is the owner of the token.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// token_id is the id of the token.
+	TokenId       int64 `protobuf:"varint,2,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTokenRequest) Reset() {
+	*x = GetTokenRequest{}
+	mi := &file_tokend_admin_v1_admin_service_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTokenRequest) ProtoMessage() {}
+
+func (x *GetTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_admin_v1_admin_service_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTokenRequest.ProtoReflect.Descriptor instead.
+func (*GetTokenRequest) Descriptor() ([]byte, []int) {
+	return file_tokend_admin_v1_admin_service_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetTokenRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *GetTokenRequest) GetTokenId() int64 {
+	if x != nil {
+		return x.TokenId
+	}
+	return 0
+}
+
+// GetTokenResponse carries the token.
+type GetTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is the requested token.
+	Token         *v1.Token `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTokenResponse) Reset() {
+	*x = GetTokenResponse{}
+	mi := &file_tokend_admin_v1_admin_service_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTokenResponse) ProtoMessage() {}
+
+func (x *GetTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_admin_v1_admin_service_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTokenResponse.ProtoReflect.Descriptor instead.
+func (*GetTokenResponse) Descriptor() ([]byte, []int) {
+	return file_tokend_admin_v1_admin_service_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetTokenResponse) GetToken() *v1.Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+// UpdateTokenRequest changes a user's token.
+type UpdateTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// user_id is the owner of the token.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// token_id is the id of the token.
+	TokenId int64 `protobuf:"varint,2,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// token holds the new values of the fields named in update_mask.
+	Token *v1.TokenUpdate `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
+	// update_mask names the fields to change: "name" and/or "allowed_ips".
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,4,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateTokenRequest) Reset() {
+	*x = UpdateTokenRequest{}
+	mi := &file_tokend_admin_v1_admin_service_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateTokenRequest) ProtoMessage() {}
+
+func (x *UpdateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_admin_v1_admin_service_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateTokenRequest.ProtoReflect.Descriptor instead.
+func (*UpdateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_tokend_admin_v1_admin_service_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *UpdateTokenRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *UpdateTokenRequest) GetTokenId() int64 {
+	if x != nil {
+		return x.TokenId
+	}
+	return 0
+}
+
+func (x *UpdateTokenRequest) GetToken() *v1.TokenUpdate {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *UpdateTokenRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// UpdateTokenResponse carries the updated token.
+type UpdateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is the token after the update.
+	Token         *v1.Token `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateTokenResponse) Reset() {
+	*x = UpdateTokenResponse{}
+	mi := &file_tokend_admin_v1_admin_service_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateTokenResponse) ProtoMessage() {}
+
+func (x *UpdateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_admin_v1_admin_service_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateTokenResponse.ProtoReflect.Descriptor instead.
+func (*UpdateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_tokend_admin_v1_admin_service_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *UpdateTokenResponse) GetToken() *v1.Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+// RotateTokenRequest names the token to rotate.
+type RotateTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// user_id is the owner of the token.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// token_id is the id of the token.
+	TokenId int64 `protobuf:"varint,2,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// grace_period_seconds keeps the old secret working this much longer.
+	GracePeriodSeconds int64 `protobuf:"varint,3,opt,name=grace_period_seconds,json=gracePeriodSeconds,proto3" json:"grace_period_seconds,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *RotateTokenRequest) Reset() {
+	*x = RotateTokenRequest{}
+	mi := &file_tokend_admin_v1_admin_service_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateTokenRequest) ProtoMessage() {}
+
+func (x *RotateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_admin_v1_admin_service_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateTokenRequest.ProtoReflect.Descriptor instead.
+func (*RotateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_tokend_admin_v1_admin_service_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RotateTokenRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *RotateTokenRequest) GetTokenId() int64 {
+	if x != nil {
+		return x.TokenId
+	}
+	return 0
+}
+
+func (x *RotateTokenRequest) GetGracePeriodSeconds() int64 {
+	if x != nil {
+		return x.GracePeriodSeconds
+	}
+	return 0
+}
+
+// RotateTokenResponse carries the new secret.
+type RotateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is the rotated token.
+	Token *v1.Token `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// secret is the new bearer secret, shown only now.
+	Secret string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	// previous_secret_expires_at is when the old secret stops working.
+	PreviousSecretExpiresAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=previous_secret_expires_at,json=previousSecretExpiresAt,proto3" json:"previous_secret_expires_at,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *RotateTokenResponse) Reset() {
+	*x = RotateTokenResponse{}
+	mi := &file_tokend_admin_v1_admin_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateTokenResponse) ProtoMessage() {}
+
+func (x *RotateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokend_admin_v1_admin_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateTokenResponse.ProtoReflect.Descriptor instead.
+func (*RotateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_tokend_admin_v1_admin_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RotateTokenResponse) GetToken() *v1.Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *RotateTokenResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *RotateTokenResponse) GetPreviousSecretExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PreviousSecretExpiresAt
+	}
+	return nil
+}
+
 var File_tokend_admin_v1_admin_service_proto protoreflect.FileDescriptor
 
 const file_tokend_admin_v1_admin_service_proto_rawDesc = "" +
 	"\n" +
-	"#tokend/admin/v1/admin_service.proto\x12\x0ftokend.admin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1dtokend/v1/token_service.proto\"\x9c\x01\n" +
+	"#tokend/admin/v1/admin_service.proto\x12\x0ftokend.admin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dtokend/v1/token_service.proto\"\x9c\x01\n" +
 	"\x12CreateTokenRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x128\n" +
@@ -374,12 +724,36 @@ const file_tokend_admin_v1_admin_service_proto_rawDesc = "" +
 	"\x11ListTokensRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\">\n" +
 	"\x12ListTokensResponse\x12(\n" +
-	"\x06tokens\x18\x01 \x03(\v2\x10.tokend.v1.TokenR\x06tokens2\x99\x02\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x10.tokend.v1.TokenR\x06tokens\"E\n" +
+	"\x0fGetTokenRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x19\n" +
+	"\btoken_id\x18\x02 \x01(\x03R\atokenId\":\n" +
+	"\x10GetTokenResponse\x12&\n" +
+	"\x05token\x18\x01 \x01(\v2\x10.tokend.v1.TokenR\x05token\"\xb3\x01\n" +
+	"\x12UpdateTokenRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x19\n" +
+	"\btoken_id\x18\x02 \x01(\x03R\atokenId\x12,\n" +
+	"\x05token\x18\x03 \x01(\v2\x16.tokend.v1.TokenUpdateR\x05token\x12;\n" +
+	"\vupdate_mask\x18\x04 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"=\n" +
+	"\x13UpdateTokenResponse\x12&\n" +
+	"\x05token\x18\x01 \x01(\v2\x10.tokend.v1.TokenR\x05token\"z\n" +
+	"\x12RotateTokenRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x19\n" +
+	"\btoken_id\x18\x02 \x01(\x03R\atokenId\x120\n" +
+	"\x14grace_period_seconds\x18\x03 \x01(\x03R\x12gracePeriodSeconds\"\xae\x01\n" +
+	"\x13RotateTokenResponse\x12&\n" +
+	"\x05token\x18\x01 \x01(\v2\x10.tokend.v1.TokenR\x05token\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\x12W\n" +
+	"\x1aprevious_secret_expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x17previousSecretExpiresAt2\x9e\x04\n" +
 	"\fAdminService\x12X\n" +
 	"\vCreateToken\x12#.tokend.admin.v1.CreateTokenRequest\x1a$.tokend.admin.v1.CreateTokenResponse\x12X\n" +
 	"\vRevokeToken\x12#.tokend.admin.v1.RevokeTokenRequest\x1a$.tokend.admin.v1.RevokeTokenResponse\x12U\n" +
 	"\n" +
-	"ListTokens\x12\".tokend.admin.v1.ListTokensRequest\x1a#.tokend.admin.v1.ListTokensResponseB\xbc\x01\n" +
+	"ListTokens\x12\".tokend.admin.v1.ListTokensRequest\x1a#.tokend.admin.v1.ListTokensResponse\x12O\n" +
+	"\bGetToken\x12 .tokend.admin.v1.GetTokenRequest\x1a!.tokend.admin.v1.GetTokenResponse\x12X\n" +
+	"\vUpdateToken\x12#.tokend.admin.v1.UpdateTokenRequest\x1a$.tokend.admin.v1.UpdateTokenResponse\x12X\n" +
+	"\vRotateToken\x12#.tokend.admin.v1.RotateTokenRequest\x1a$.tokend.admin.v1.RotateTokenResponseB\xbc\x01\n" +
 	"\x13com.tokend.admin.v1B\x11AdminServiceProtoP\x01Z4github.com/tokend/tokend/gen/tokend/admin/v1;adminv1\xa2\x02\x03TAX\xaa\x02\x0fTokend.Admin.V1\xca\x02\x0fTokend\\Admin\\V1\xe2\x02\x1bTokend\\Admin\\V1\\GPBMetadata\xea\x02\x11Tokend::Admin::V1b\x06proto3"
 
 var (
@@ -394,33 +768,54 @@ func file_tokend_admin_v1_admin_service_proto_rawDescGZIP() []byte {
 	return file_tokend_admin_v1_admin_service_proto_rawDescData
 }
 
-var file_tokend_admin_v1_admin_service_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_tokend_admin_v1_admin_service_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_tokend_admin_v1_admin_service_proto_goTypes = []any{
-	(*CreateTokenRequest)(nil),  // 0: tokend.admin.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil), // 1: tokend.admin.v1.CreateTokenResponse
-	(*RevokeTokenRequest)(nil),  // 2: tokend.admin.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil), // 3: tokend.admin.v1.RevokeTokenResponse
-	(*ListTokensRequest)(nil),   // 4: tokend.admin.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),  // 5: tokend.admin.v1.ListTokensResponse
-	(*durationpb.Duration)(nil), // 6: google.protobuf.Duration
-	(*v1.Token)(nil),            // 7: tokend.v1.Token
+	(*CreateTokenRequest)(nil),    // 0: tokend.admin.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),   // 1: tokend.admin.v1.CreateTokenResponse
+	(*RevokeTokenRequest)(nil),    // 2: tokend.admin.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),   // 3: tokend.admin.v1.RevokeTokenResponse
+	(*ListTokensRequest)(nil),     // 4: tokend.admin.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),    // 5: tokend.admin.v1.ListTokensResponse
+	(*GetTokenRequest)(nil),       // 6: tokend.admin.v1.GetTokenRequest
+	(*GetTokenResponse)(nil),      // 7: tokend.admin.v1.GetTokenResponse
+	(*UpdateTokenRequest)(nil),    // 8: tokend.admin.v1.UpdateTokenRequest
+	(*UpdateTokenResponse)(nil),   // 9: tokend.admin.v1.UpdateTokenResponse
+	(*RotateTokenRequest)(nil),    // 10: tokend.admin.v1.RotateTokenRequest
+	(*RotateTokenResponse)(nil),   // 11: tokend.admin.v1.RotateTokenResponse
+	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
+	(*v1.Token)(nil),              // 13: tokend.v1.Token
+	(*v1.TokenUpdate)(nil),        // 14: tokend.v1.TokenUpdate
+	(*fieldmaskpb.FieldMask)(nil), // 15: google.protobuf.FieldMask
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_tokend_admin_v1_admin_service_proto_depIdxs = []int32{
-	6, // 0: tokend.admin.v1.CreateTokenRequest.expires_in:type_name -> google.protobuf.Duration
-	7, // 1: tokend.admin.v1.CreateTokenResponse.token:type_name -> tokend.v1.Token
-	7, // 2: tokend.admin.v1.RevokeTokenResponse.token:type_name -> tokend.v1.Token
-	7, // 3: tokend.admin.v1.ListTokensResponse.tokens:type_name -> tokend.v1.Token
-	0, // 4: tokend.admin.v1.AdminService.CreateToken:input_type -> tokend.admin.v1.CreateTokenRequest
-	2, // 5: tokend.admin.v1.AdminService.RevokeToken:input_type -> tokend.admin.v1.RevokeTokenRequest
-	4, // 6: tokend.admin.v1.AdminService.ListTokens:input_type -> tokend.admin.v1.ListTokensRequest
-	1, // 7: tokend.admin.v1.AdminService.CreateToken:output_type -> tokend.admin.v1.CreateTokenResponse
-	3, // 8: tokend.admin.v1.AdminService.RevokeToken:output_type -> tokend.admin.v1.RevokeTokenResponse
-	5, // 9: tokend.admin.v1.AdminService.ListTokens:output_type -> tokend.admin.v1.ListTokensResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	12, // 0: tokend.admin.v1.CreateTokenRequest.expires_in:type_name -> google.protobuf.Duration
+	13, // 1: tokend.admin.v1.CreateTokenResponse.token:type_name -> tokend.v1.Token
+	13, // 2: tokend.admin.v1.RevokeTokenResponse.token:type_name -> tokend.v1.Token
+	13, // 3: tokend.admin.v1.ListTokensResponse.tokens:type_name -> tokend.v1.Token
+	13, // 4: tokend.admin.v1.GetTokenResponse.token:type_name -> tokend.v1.Token
+	14, // 5: tokend.admin.v1.UpdateTokenRequest.token:type_name -> tokend.v1.TokenUpdate
+	15, // 6: tokend.admin.v1.UpdateTokenRequest.update_mask:type_name -> google.protobuf.FieldMask
+	13, // 7: tokend.admin.v1.UpdateTokenResponse.token:type_name -> tokend.v1.Token
+	13, // 8: tokend.admin.v1.RotateTokenResponse.token:type_name -> tokend.v1.Token
+	16, // 9: tokend.admin.v1.RotateTokenResponse.previous_secret_expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 10: tokend.admin.v1.AdminService.CreateToken:input_type -> tokend.admin.v1.CreateTokenRequest
+	2,  // 11: tokend.admin.v1.AdminService.RevokeToken:input_type -> tokend.admin.v1.RevokeTokenRequest
+	4,  // 12: tokend.admin.v1.AdminService.ListTokens:input_type -> tokend.admin.v1.ListTokensRequest
+	6,  // 13: tokend.admin.v1.AdminService.GetToken:input_type -> tokend.admin.v1.GetTokenRequest
+	8,  // 14: tokend.admin.v1.AdminService.UpdateToken:input_type -> tokend.admin.v1.UpdateTokenRequest
+	10, // 15: tokend.admin.v1.AdminService.RotateToken:input_type -> tokend.admin.v1.RotateTokenRequest
+	1,  // 16: tokend.admin.v1.AdminService.CreateToken:output_type -> tokend.admin.v1.CreateTokenResponse
+	3,  // 17: tokend.admin.v1.AdminService.RevokeToken:output_type -> tokend.admin.v1.RevokeTokenResponse
+	5,  // 18: tokend.admin.v1.AdminService.ListTokens:output_type -> tokend.admin.v1.ListTokensResponse
+	7,  // 19: tokend.admin.v1.AdminService.GetToken:output_type -> tokend.admin.v1.GetTokenResponse
+	9,  // 20: tokend.admin.v1.AdminService.UpdateToken:output_type -> tokend.admin.v1.UpdateTokenResponse
+	11, // 21: tokend.admin.v1.AdminService.RotateToken:output_type -> tokend.admin.v1.RotateTokenResponse
+	16, // [16:22] is the sub-list for method output_type
+	10, // [10:16] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_tokend_admin_v1_admin_service_proto_init() }
@@ -434,7 +829,7 @@ func file_tokend_admin_v1_admin_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokend_admin_v1_admin_service_proto_rawDesc), len(file_tokend_admin_v1_admin_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
