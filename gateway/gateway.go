@@ -5,18 +5,22 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/proto"
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
+	"github.com/tokend/tokend/service"
 	"github.com/tokend/tokend/service/request"
 	"github.com/tokend/tokend/service/rpc"
 )
@@ -31,29 +35,46 @@ type Options struct {
 	Conn grpc.ClientConnInterface
 	// Logger receives one line per request.
 	Logger *slog.Logger
+	// MaxBodyBytes caps request bodies (413 beyond it); zero means
+	// DefaultMaxBodyBytes.
+	MaxBodyBytes int64
 }
+
+// DefaultMaxBodyBytes is the default cap on request bodies: the largest
+// valid request (a 100-character name and 64 allowed IPs) is under 4 KiB.
+const DefaultMaxBodyBytes = 64 << 10
 
 // New returns the REST API as an http.Handler.
 func New(ctx context.Context, opts Options) (http.Handler, error) {
 	mux := runtime.NewServeMux(
-		// Only the Authorization header reaches the service (the gateway
-		// always forwards it as "authorization"). Forwarding nothing else
-		// keeps clients from planting metadata, such as a second credential
-		// via Grpc-Metadata-Authorization.
-		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		// Only Authorization (which the gateway always forwards as
+		// "authorization") and Idempotency-Key reach the service.
+		// Forwarding nothing else keeps clients from planting metadata,
+		// such as a second credential via Grpc-Metadata-Authorization.
+		runtime.WithIncomingHeaderMatcher(func(key string) (string, bool) {
+			if key == "Idempotency-Key" {
+				return service.IdempotencyKeyMetadata, true
+			}
+			return "", false
+		}),
 		// Service metadata (the gRPC trace header) is not echoed as
 		// Grpc-Metadata-* headers; the edge sets X-Trace-Id itself.
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithDisableHTTPMethodOverride(),
 		runtime.WithForwardResponseRewriter(rewriteResponse),
+		runtime.WithForwardResponseOption(forwardResponse),
 		runtime.WithErrorHandler(handleError),
 		runtime.WithRoutingErrorHandler(handleRoutingError),
 	)
 	if err := tokenv1.RegisterTokenServiceHandlerClient(ctx, mux, tokenv1.NewTokenServiceClient(opts.Conn)); err != nil {
 		return nil, err
 	}
-	return edge(opts.Logger, mux), nil
+	maxBody := opts.MaxBodyBytes
+	if maxBody <= 0 {
+		maxBody = DefaultMaxBodyBytes
+	}
+	return edge(opts.Logger, checkBody(maxBody, mux)), nil
 }
 
 // edge is the HTTP request edge: it starts the request's Info (trace id
@@ -131,17 +152,38 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // route is one REST route, as declared in the HTTP rule file
 // (proto/tokend/v1/token_service_http.yaml). The table serves the log line
 // (which logs the template, not the raw path, so ids and junk stay out of
-// it) and the Allow header of 405 responses, which grpc-gateway does not
-// compute. A test checks that it agrees with the generated routes.
+// it), the Allow header of 405 responses, which grpc-gateway does not
+// compute, and the strict checking of request bodies. A test checks that it
+// agrees with the generated routes. Literal routes come before templated
+// ones that would also match them.
 type route struct {
 	method   string
 	template string
+	// body is the message a JSON body decodes into, or nil for routes that
+	// take no body. Fields bound to path parameters are not accepted in it.
+	body proto.Message
 }
 
 func routes() []route {
 	return []route{
-		{http.MethodGet, "/api/v1/me/tokens/{token_id}"},
+		{http.MethodGet, "/api/v1/me/tokens/current", nil},
+		{http.MethodGet, "/api/v1/me/tokens/{token_id}", nil},
+		{http.MethodPatch, "/api/v1/me/tokens/{token_id}", &tokenv1.TokenUpdate{}},
+		{http.MethodDelete, "/api/v1/me/tokens/{token_id}", nil},
+		{http.MethodGet, "/api/v1/me/tokens", nil},
+		{http.MethodPost, "/api/v1/me/tokens", &tokenv1.CreateTokenRequest{}},
+		{http.MethodPost, "/api/v1/me/tokens/{token_id}/rotate", &tokenv1.RotateTokenRequest{}},
 	}
+}
+
+// routeFor returns the route for r, if any.
+func routeFor(r *http.Request) (route, bool) {
+	for _, rt := range routes() {
+		if rt.method == r.Method && matchTemplate(rt.template, r.URL.Path) {
+			return rt, true
+		}
+	}
+	return route{}, false
 }
 
 // matchTemplate reports whether path fits template, whose {name} segments
@@ -180,9 +222,27 @@ func routeOf(r *http.Request) string {
 func allowedMethods(r *http.Request) []string {
 	var out []string
 	for _, rt := range routes() {
-		if matchTemplate(rt.template, r.URL.Path) {
+		if matchTemplate(rt.template, r.URL.Path) && !slices.Contains(out, rt.method) {
 			out = append(out, rt.method)
 		}
 	}
 	return out
+}
+
+// forwardResponse sets what grpc-gateway cannot derive from a response
+// message: 201 with Location for a create (and Idempotent-Replayed for a
+// retry), 204 for a revoke.
+func forwardResponse(ctx context.Context, w http.ResponseWriter, resp proto.Message) error {
+	switch m := resp.(type) {
+	case *tokenv1.CreateTokenResponse:
+		w.Header().Set("Location", fmt.Sprintf("/api/v1/me/tokens/%d", m.GetToken().GetId()))
+		if md, ok := runtime.ServerMetadataFromContext(ctx); ok && len(md.HeaderMD.Get(service.ReplayedMetadata)) > 0 {
+			w.Header().Set("Idempotent-Replayed", "true")
+		}
+		w.WriteHeader(http.StatusCreated)
+	case *tokenv1.RevokeTokenResponse:
+		w.Header().Del("Content-Type")
+		w.WriteHeader(http.StatusNoContent)
+	}
+	return nil
 }

@@ -76,11 +76,53 @@ func timeJSON(ts *timestamppb.Timestamp) string {
 	return ts.AsTime().UTC().Truncate(time.Second).Format(time.RFC3339)
 }
 
+// createdToken is a new token with its secret.
+type createdToken struct {
+	Token
+	Secret string `json:"secret"`
+}
+
+// rotatedToken is a token with its new secret.
+type rotatedToken struct {
+	Token
+	Secret                  string `json:"secret"`
+	PreviousSecretExpiresAt string `json:"previous_secret_expires_at"`
+}
+
+// tokenList is a page of tokens; NextCursor is null on the last page.
+type tokenList struct {
+	Data       []Token `json:"data"`
+	NextCursor *string `json:"next_cursor"`
+}
+
 // rewriteResponse maps each RPC response to its REST body.
 func rewriteResponse(_ context.Context, resp proto.Message) (any, error) {
 	switch m := resp.(type) {
 	case *tokenv1.GetTokenResponse:
 		return envelope[Token]{Data: TokenJSON(m.GetToken())}, nil
+	case *tokenv1.GetCurrentTokenResponse:
+		return envelope[Token]{Data: TokenJSON(m.GetToken())}, nil
+	case *tokenv1.UpdateTokenResponse:
+		return envelope[Token]{Data: TokenJSON(m.GetToken())}, nil
+	case *tokenv1.CreateTokenResponse:
+		return envelope[createdToken]{Data: createdToken{Token: TokenJSON(m.GetToken()), Secret: m.GetSecret()}}, nil
+	case *tokenv1.RotateTokenResponse:
+		return envelope[rotatedToken]{Data: rotatedToken{
+			Token:                   TokenJSON(m.GetToken()),
+			Secret:                  m.GetSecret(),
+			PreviousSecretExpiresAt: timeJSON(m.GetPreviousSecretExpiresAt()),
+		}}, nil
+	case *tokenv1.ListTokensResponse:
+		out := tokenList{Data: make([]Token, len(m.GetTokens()))}
+		for i, t := range m.GetTokens() {
+			out.Data[i] = TokenJSON(t)
+		}
+		if c := m.GetNextCursor(); c != "" {
+			out.NextCursor = &c
+		}
+		return out, nil
+	case *tokenv1.RevokeTokenResponse:
+		return nil, nil // 204: forwardResponse already wrote the status
 	}
 	// A new RPC without a REST shape is a programming error; failing loudly
 	// beats leaking protojson's shape into the API.

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -30,6 +31,15 @@ type Problem struct {
 	Detail   string `json:"detail"`
 	Instance string `json:"instance"`
 	TraceID  string `json:"trace_id"`
+	// Errors lists each invalid field of a refused request (an extension
+	// member); it is present only on validation failures.
+	Errors []FieldError `json:"errors,omitempty"`
+}
+
+// FieldError says why one field of a request was refused.
+type FieldError struct {
+	Field  string `json:"field"`
+	Detail string `json:"detail"`
 }
 
 // Details for errors whose own message is not for clients.
@@ -41,8 +51,9 @@ const (
 )
 
 // writeProblem writes a problem details response for r.
-func writeProblem(w http.ResponseWriter, r *http.Request, code int, detail string) {
+func writeProblem(w http.ResponseWriter, r *http.Request, code int, detail string, fields ...FieldError) {
 	p := Problem{
+		Errors:   fields,
 		Type:     "about:blank",
 		Title:    http.StatusText(code),
 		Status:   code,
@@ -75,6 +86,12 @@ func httpStatus(c codes.Code) int {
 	case codes.Unknown:
 		// An unmapped error is a server fault, not the client's.
 		return http.StatusInternalServerError
+	case codes.FailedPrecondition:
+		// tokend uses it for valid requests that conflict with the state
+		// (quota reached, idempotency key reused, rotating a revoked
+		// token): 409 says "retrying as is won't help", 400 would blame
+		// the request's syntax.
+		return http.StatusConflict
 	}
 	return runtime.HTTPStatusFromCode(c)
 }
@@ -105,7 +122,20 @@ func handleError(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w 
 		}
 		w.Header().Set("WWW-Authenticate", challenge)
 	}
-	writeProblem(w, r, code, detail)
+	writeProblem(w, r, code, detail, fieldErrors(st)...)
+}
+
+// fieldErrors lists the field violations of a tokend status.
+func fieldErrors(st *status.Status) []FieldError {
+	var out []FieldError
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				out = append(out, FieldError{Field: v.GetField(), Detail: v.GetDescription()})
+			}
+		}
+	}
+	return out
 }
 
 var paramRE = regexp.MustCompile(`parameter: ([a-z_.]+)`)

@@ -178,17 +178,23 @@ func TestRESTGetToken(t *testing.T) {
 	})
 
 	t.Run("unknown route is 404, wrong method is 405 with Allow", func(t *testing.T) {
-		for _, path := range []string{"/", "/api/v1/me/tokens", "/api/v1/me/tokens/1/extra", "/api/v2/me/tokens/1"} {
+		for _, path := range []string{"/", "/api/v1/me", "/api/v1/me/tokens/1/extra", "/api/v2/me/tokens/1"} {
 			resp, body := s.get(t, path, bearer(f.active.Secret))
 			if p := problemOf(t, resp, body); resp.StatusCode != 404 || p.Title != "Not Found" {
 				t.Errorf("GET %s: status %d title %q, want 404", path, resp.StatusCode, p.Title)
 			}
 		}
-		for _, m := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch} {
-			resp, body := s.do(t, m, "/api/v1/me/tokens/1", bearer(f.active.Secret))
+		for _, tc := range []struct{ method, path, allow string }{
+			{http.MethodPost, "/api/v1/me/tokens/1", "GET, PATCH, DELETE"},
+			{http.MethodPut, "/api/v1/me/tokens/1", "GET, PATCH, DELETE"},
+			{http.MethodPut, "/api/v1/me/tokens", "GET, POST"},
+			{http.MethodDelete, "/api/v1/me/tokens", "GET, POST"},
+			{http.MethodGet, "/api/v1/me/tokens/1/rotate", "POST"},
+		} {
+			resp, body := s.do(t, tc.method, tc.path, bearer(f.active.Secret))
 			p := problemOf(t, resp, body)
-			if resp.StatusCode != 405 || p.Title != "Method Not Allowed" || resp.Header.Get("Allow") != "GET" {
-				t.Errorf("%s: status %d title %q Allow %q, want 405 with Allow: GET", m, resp.StatusCode, p.Title, resp.Header.Get("Allow"))
+			if resp.StatusCode != 405 || p.Title != "Method Not Allowed" || resp.Header.Get("Allow") != tc.allow {
+				t.Errorf("%s %s: status %d title %q Allow %q, want 405 with Allow: %s", tc.method, tc.path, resp.StatusCode, p.Title, resp.Header.Get("Allow"), tc.allow)
 			}
 		}
 	})
@@ -363,6 +369,10 @@ type problem struct {
 	Detail   string `json:"detail"`
 	Instance string `json:"instance"`
 	TraceID  string `json:"trace_id"`
+	Errors   []struct {
+		Field  string `json:"field"`
+		Detail string `json:"detail"`
+	} `json:"errors"`
 }
 
 // problemOf checks the invariants of every error response and returns its
@@ -374,6 +384,9 @@ func problemOf(t *testing.T, resp *http.Response, body []byte) problem {
 	}
 	raw := decodeObject(t, body)
 	want := []string{"detail", "instance", "status", "title", "trace_id", "type"}
+	if _, ok := raw["errors"]; ok && resp.StatusCode == http.StatusBadRequest {
+		want = []string{"detail", "errors", "instance", "status", "title", "trace_id", "type"}
+	}
 	if keys := sortedKeys(raw); !slices.Equal(keys, want) {
 		t.Errorf("problem keys = %v, want %v", keys, want)
 	}

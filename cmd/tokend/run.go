@@ -18,6 +18,9 @@ Usage:
   tokend serve [flags]                        run the server
   tokend token create --user USER --name NAME [--expires-in DURATION] [--allowed-ip IP_OR_CIDR]... [--json]
   tokend token list   --user USER [--json]
+  tokend token show   --user USER [--json] ID
+  tokend token update --user USER [--name NAME] [--allowed-ip IP_OR_CIDR]... [--clear-allowed-ips] [--json] ID
+  tokend token rotate --user USER [--grace-period DURATION] [--json] ID
   tokend token revoke --user USER [--json] ID
 
 Every command takes --db PATH (env TOKEND_DB, default tokend.db). The token

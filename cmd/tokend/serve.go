@@ -10,12 +10,15 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	"github.com/tokend/tokend/gateway"
+	"github.com/tokend/tokend/service"
 	"github.com/tokend/tokend/service/auth"
 	"github.com/tokend/tokend/service/rpc"
 	"github.com/tokend/tokend/service/store"
@@ -30,6 +33,8 @@ type serveConfig struct {
 	LogFormat       string
 	ShutdownTimeout time.Duration
 	LockTimeout     time.Duration
+	Limits          service.Limits
+	MaxBodyBytes    int64
 }
 
 // listening reports where a started server listens; tests use it to find
@@ -53,12 +58,45 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		shutdown = v
 		return nil
 	})
+	def := service.DefaultLimits()
+	maxLifetime := envOr(getenv, "TOKEND_MAX_TOKEN_LIFETIME", def.MaxLifetime.String())
+	fs.Func("max-token-lifetime", "longest lifetime a token may be created with, 0 for no bound (env TOKEND_MAX_TOKEN_LIFETIME, default "+def.MaxLifetime.String()+")", func(v string) error {
+		maxLifetime = v
+		return nil
+	})
+	maxGrace := envOr(getenv, "TOKEND_MAX_ROTATION_GRACE", def.MaxRotationGrace.String())
+	fs.Func("max-rotation-grace", "longest a rotated-out secret may keep working (env TOKEND_MAX_ROTATION_GRACE, default "+def.MaxRotationGrace.String()+")", func(v string) error {
+		maxGrace = v
+		return nil
+	})
+	maxLive := envOr(getenv, "TOKEND_MAX_TOKENS_PER_USER", strconv.Itoa(def.MaxLivePerUser))
+	fs.Func("max-tokens-per-user", "most active tokens one user may hold, 0 for no bound (env TOKEND_MAX_TOKENS_PER_USER, default "+strconv.Itoa(def.MaxLivePerUser)+")", func(v string) error {
+		maxLive = v
+		return nil
+	})
+	maxBody := envOr(getenv, "TOKEND_MAX_BODY_BYTES", strconv.Itoa(gateway.DefaultMaxBodyBytes))
+	fs.Func("max-body-bytes", "largest REST request body accepted (env TOKEND_MAX_BODY_BYTES, default "+strconv.Itoa(gateway.DefaultMaxBodyBytes)+")", func(v string) error {
+		maxBody = v
+		return nil
+	})
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return cfg, err
 	}
 	if len(pos) > 0 {
 		return cfg, fmt.Errorf("%w: serve takes no arguments, got %q", errUsage, pos[0])
+	}
+	if cfg.Limits.MaxLifetime, err = time.ParseDuration(maxLifetime); err != nil || cfg.Limits.MaxLifetime < 0 {
+		return cfg, fmt.Errorf("%w: --max-token-lifetime must be a duration such as 8760h, got %q", errUsage, maxLifetime)
+	}
+	if cfg.Limits.MaxRotationGrace, err = time.ParseDuration(maxGrace); err != nil || cfg.Limits.MaxRotationGrace < 0 {
+		return cfg, fmt.Errorf("%w: --max-rotation-grace must be a duration such as 1h, got %q", errUsage, maxGrace)
+	}
+	if cfg.Limits.MaxLivePerUser, err = strconv.Atoi(maxLive); err != nil || cfg.Limits.MaxLivePerUser < 0 {
+		return cfg, fmt.Errorf("%w: --max-tokens-per-user must be a whole number, got %q", errUsage, maxLive)
+	}
+	if cfg.MaxBodyBytes, err = strconv.ParseInt(maxBody, 10, 64); err != nil || cfg.MaxBodyBytes < 1024 {
+		return cfg, fmt.Errorf("%w: --max-body-bytes must be a whole number of at least 1024, got %q", errUsage, maxBody)
 	}
 	if len(proxies) == 0 {
 		if env := getenv("TOKEND_TRUSTED_PROXIES"); env != "" {
@@ -121,11 +159,12 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 		Store:  st,
 		Auth:   auth.New(st, cfg.TrustedProxies, time.Now),
 		Logger: log,
+		Limits: cfg.Limits,
 		Now:    time.Now,
 	}
 	public := rpc.NewPublic(deps)
 	admin, _ := rpc.NewAdmin(deps)
-	api, err := gateway.New(ctx, gateway.Options{Conn: public.Local, Logger: log})
+	api, err := gateway.New(ctx, gateway.Options{Conn: public.Local, Logger: log, MaxBodyBytes: cfg.MaxBodyBytes})
 	if err != nil {
 		return err
 	}
@@ -171,15 +210,21 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 		return nil
 	})
 	g.Go(func() error {
-		if err := public.Server.Serve(grpcLn); err != nil {
+		// A shutdown that starts before Serve does makes it return
+		// ErrServerStopped: that is a clean stop, not a failure.
+		if err := public.Server.Serve(grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("serve gRPC: %w", err)
 		}
 		return nil
 	})
 	g.Go(func() error {
-		if err := admin.Serve(adminLn); err != nil {
+		if err := admin.Serve(adminLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("serve admin socket: %w", err)
 		}
+		return nil
+	})
+	g.Go(func() error {
+		purgeIdempotency(gctx, st, log)
 		return nil
 	})
 	g.Go(func() error {
@@ -219,6 +264,25 @@ func gracefulStop(ctx context.Context, graceful, stop func()) {
 	case <-ctx.Done():
 		stop()
 		<-done
+	}
+}
+
+// purgeIdempotency forgets expired idempotency keys now and every hour
+// until ctx is done, so that bucket stays the size of one day's creates.
+func purgeIdempotency(ctx context.Context, st *store.Store, log *slog.Logger) {
+	tick := time.NewTicker(time.Hour)
+	defer tick.Stop()
+	for {
+		if n, err := st.PurgeIdempotency(time.Now().Add(-service.IdempotencyWindow)); err != nil {
+			log.Error("purge idempotency keys", slog.String("error", err.Error()))
+		} else if n > 0 {
+			log.Info("purged idempotency keys", slog.Int("count", n))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/tokend/tokend/gateway"
 	adminv1 "github.com/tokend/tokend/gen/tokend/admin/v1"
@@ -30,7 +31,7 @@ import (
 func runToken(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return fmt.Errorf("%w: token needs a subcommand: create, list or revoke", errUsage)
+		return fmt.Errorf("%w: token needs a subcommand: create, list, show, update, rotate or revoke", errUsage)
 	}
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("tokend token "+sub, flag.ContinueOnError)
@@ -55,8 +56,10 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 			req.ExpiresIn = durationpb.New(*expiresIn)
 		}
 		// Validate before opening anything, so bad input writes nothing.
-		if _, err := service.NewToken(req, time.Now()); err != nil {
-			return errors.New(rpcMessage(err))
+		// Limits depend on the server's configuration, so they are left to
+		// whoever executes the request.
+		if _, err := service.ValidateCreate(service.AdminCreateInput(req), service.Limits{}, time.Now()); err != nil {
+			return errors.New(validationMessage(err))
 		}
 		return withAdmin(ctx, *db, false, func(c adminv1.AdminServiceClient) error {
 			resp, err := c.CreateToken(ctx, req)
@@ -74,19 +77,12 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 			if err != nil {
 				return errors.New(rpcMessage(err))
 			}
-			return printList(stdout, resp.GetTokens(), *asJSON)
+			return printList(stdout, resp.GetTokens(), *asJSON, false)
 		})
 	case "revoke":
-		pos, err := parseFlags(fs, args)
+		id, err := oneID(fs, args, sub)
 		if err != nil {
 			return err
-		}
-		if len(pos) != 1 {
-			return fmt.Errorf("%w: revoke takes exactly one token id", errUsage)
-		}
-		id, err := strconv.ParseInt(pos[0], 10, 64)
-		if err != nil || id <= 0 {
-			return fmt.Errorf("token id must be a positive integer, got %q", pos[0])
 		}
 		return withAdmin(ctx, *db, true, func(c adminv1.AdminServiceClient) error {
 			resp, err := c.RevokeToken(ctx, &adminv1.RevokeTokenRequest{UserId: *user, TokenId: id})
@@ -99,9 +95,96 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 			_, err = fmt.Fprintf(stdout, "Revoked token %d (%s).\n", resp.GetToken().GetId(), resp.GetToken().GetName())
 			return err
 		})
+	case "show":
+		id, err := oneID(fs, args, sub)
+		if err != nil {
+			return err
+		}
+		return withAdmin(ctx, *db, true, func(c adminv1.AdminServiceClient) error {
+			resp, err := c.GetToken(ctx, &adminv1.GetTokenRequest{UserId: *user, TokenId: id})
+			if err != nil {
+				return errors.New(rpcMessage(err))
+			}
+			return printList(stdout, []*tokenv1.Token{resp.GetToken()}, *asJSON, true)
+		})
+	case "rotate":
+		grace := fs.Duration("grace-period", 0, "how long the old secret keeps working, such as 1h (default: it stops at once)")
+		id, err := oneID(fs, args, sub)
+		if err != nil {
+			return err
+		}
+		if *grace < 0 {
+			return fmt.Errorf("--grace-period must not be negative, got %s", *grace)
+		}
+		return withAdmin(ctx, *db, true, func(c adminv1.AdminServiceClient) error {
+			resp, err := c.RotateToken(ctx, &adminv1.RotateTokenRequest{UserId: *user, TokenId: id, GracePeriodSeconds: int64(grace.Round(time.Second) / time.Second)})
+			if err != nil {
+				return errors.New(rpcMessage(err))
+			}
+			prev := resp.GetPreviousSecretExpiresAt().AsTime().UTC().Format(time.RFC3339)
+			if *asJSON {
+				return writeJSON(stdout, rotated{Token: gateway.TokenJSON(resp.GetToken()), Secret: resp.GetSecret(), PreviousSecretExpiresAt: prev})
+			}
+			_, err = fmt.Fprintf(stdout, "Rotated token %d (%s); the old secret works until %s.\nNew secret, shown only now; store it safely:\n%s\n",
+				resp.GetToken().GetId(), resp.GetToken().GetName(), prev, resp.GetSecret())
+			return err
+		})
+	case "update":
+		name := fs.String("name", "", "new label for the token")
+		var ips stringList
+		fs.Var(&ips, "allowed-ip", "new IP address or CIDR range restriction; repeatable; replaces the old list")
+		clearIPs := fs.Bool("clear-allowed-ips", false, "remove the IP restriction")
+		id, err := oneID(fs, args, sub)
+		if err != nil {
+			return err
+		}
+		req := &adminv1.UpdateTokenRequest{UserId: *user, TokenId: id, Token: &tokenv1.TokenUpdate{}, UpdateMask: &fieldmaskpb.FieldMask{}}
+		if isSet(fs, "name") {
+			req.Token.Name = *name
+			req.UpdateMask.Paths = append(req.UpdateMask.Paths, "name")
+		}
+		switch {
+		case *clearIPs && len(ips) > 0:
+			return fmt.Errorf("%w: give --allowed-ip or --clear-allowed-ips, not both", errUsage)
+		case *clearIPs || len(ips) > 0:
+			req.Token.AllowedIps = ips
+			req.UpdateMask.Paths = append(req.UpdateMask.Paths, "allowed_ips")
+		}
+		if len(req.UpdateMask.Paths) == 0 {
+			return fmt.Errorf("%w: nothing to update: give --name, --allowed-ip or --clear-allowed-ips", errUsage)
+		}
+		return withAdmin(ctx, *db, true, func(c adminv1.AdminServiceClient) error {
+			resp, err := c.UpdateToken(ctx, req)
+			if err != nil {
+				return errors.New(rpcMessage(err))
+			}
+			return printList(stdout, []*tokenv1.Token{resp.GetToken()}, *asJSON, true)
+		})
 	}
 	fmt.Fprint(stderr, usage)
 	return fmt.Errorf("%w: unknown token subcommand %q", errUsage, sub)
+}
+
+// oneID parses the flags and the single token id argument of sub.
+func oneID(fs *flag.FlagSet, args []string, sub string) (int64, error) {
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return 0, err
+	}
+	if len(pos) != 1 {
+		return 0, fmt.Errorf("%w: %s takes exactly one token id", errUsage, sub)
+	}
+	id, err := strconv.ParseInt(pos[0], 10, 64)
+	if err != nil || id <= 0 {
+		return 0, fmt.Errorf("token id must be a positive integer, got %q", pos[0])
+	}
+	return id, nil
+}
+
+// validationMessage is the text of a local validation error, without the
+// "invalid input: " prefix the server strips too.
+func validationMessage(err error) string {
+	return strings.TrimPrefix(err.Error(), "invalid input: ")
 }
 
 func noPositionals(fs *flag.FlagSet, args []string) error {
@@ -134,6 +217,9 @@ func rpcMessage(err error) string {
 // socket if one answers, else in-process on the database file itself. With
 // mustExist, a missing database is an error rather than created.
 func withAdmin(ctx context.Context, db string, mustExist bool, f func(adminv1.AdminServiceClient) error) error {
+	// Without a server, the default limits apply; a running server applies
+	// its own.
+	limits := service.DefaultLimits()
 	sock := socketPath(db)
 	var d net.Dialer
 	if c, err := d.DialContext(ctx, "unix", sock); err == nil {
@@ -153,8 +239,15 @@ func withAdmin(ctx context.Context, db string, mustExist bool, f func(adminv1.Ad
 		return err
 	}
 	defer st.Close()
-	_, local := rpc.NewAdmin(rpc.Deps{Store: st, Logger: slog.New(slog.DiscardHandler), Now: time.Now})
+	_, local := rpc.NewAdmin(rpc.Deps{Store: st, Logger: slog.New(slog.DiscardHandler), Limits: limits, Now: time.Now})
 	return f(adminv1.NewAdminServiceClient(local))
+}
+
+// rotated is the --json output of token rotate.
+type rotated struct {
+	gateway.Token
+	Secret                  string `json:"secret"`
+	PreviousSecretExpiresAt string `json:"previous_secret_expires_at"`
 }
 
 // created is the --json output of token create: the token's REST fields
@@ -173,7 +266,12 @@ func printCreated(w io.Writer, resp *adminv1.CreateTokenResponse, asJSON bool) e
 	return err
 }
 
-func printList(w io.Writer, tokens []*tokenv1.Token, asJSON bool) error {
+// printList prints tokens as a table, or as JSON: an array, or with one
+// a single object.
+func printList(w io.Writer, tokens []*tokenv1.Token, asJSON, one bool) error {
+	if asJSON && one && len(tokens) == 1 {
+		return writeJSON(w, gateway.TokenJSON(tokens[0]))
+	}
 	if asJSON {
 		out := make([]gateway.Token, len(tokens))
 		for i, t := range tokens {

@@ -27,6 +27,7 @@ const (
 	ReasonInvalidToken       = "INVALID_TOKEN"
 	ReasonNotFound           = "NOT_FOUND"
 	ReasonInvalidArgument    = "INVALID_ARGUMENT"
+	ReasonConflict           = "CONFLICT"
 	ReasonInternal           = "INTERNAL"
 )
 
@@ -74,7 +75,20 @@ func toStatus(err error) *status.Status {
 	case errors.Is(err, token.ErrInvalid):
 		// Validation errors are written for the caller: their text says
 		// which rule the input broke, and nothing internal.
-		return newStatus(codes.InvalidArgument, ReasonInvalidArgument, validationMessage(err))
+		st := newStatus(codes.InvalidArgument, ReasonInvalidArgument, validationMessage(err))
+		var ve *token.ValidationError
+		if errors.As(err, &ve) {
+			br := &errdetails.BadRequest{}
+			for _, v := range ve.Violations {
+				br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{Field: v.Field, Description: v.Detail})
+			}
+			if withBR, err := st.WithDetails(br); err == nil {
+				st = withBR
+			}
+		}
+		return st
+	case errors.Is(err, token.ErrConflict):
+		return newStatus(codes.FailedPrecondition, ReasonConflict, conflictMessage(err))
 	case errors.Is(err, context.Canceled):
 		return status.New(codes.Canceled, "request canceled")
 	case errors.Is(err, context.DeadlineExceeded):
@@ -105,6 +119,15 @@ func validationMessage(err error) string {
 		return rest
 	}
 	return msg
+}
+
+// conflictMessage strips the "conflict: " prefix of token.ErrConflict and
+// any wrapping before it.
+func conflictMessage(err error) string {
+	if _, rest, ok := cutAfter(err.Error(), token.ErrConflict.Error()+": "); ok {
+		return rest
+	}
+	return "The request conflicts with the current state"
 }
 
 func cutAfter(s, sep string) (string, string, bool) {

@@ -36,6 +36,8 @@ type Deps struct {
 	Store  *store.Store
 	Auth   *auth.Authenticator
 	Logger *slog.Logger
+	// Limits bound what users may ask for.
+	Limits service.Limits
 	// Now is the clock; time.Now in production.
 	Now func() time.Time
 }
@@ -60,7 +62,7 @@ func NewPublic(d Deps, opts ...grpc.ServerOption) *Public {
 		d.Auth.UnaryInterceptor(isPublicMethod),
 	}
 	srv := grpc.NewServer(append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(interceptors...)}, opts...)...)
-	tokens := service.NewTokenService(d.Store, d.Now)
+	tokens := service.NewTokenService(service.NewTokens(d.Store, d.Limits, d.Now), d.Now)
 	tokenv1.RegisterTokenServiceServer(srv, tokens)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
@@ -82,7 +84,7 @@ func NewAdmin(d Deps) (*grpc.Server, *Channel) {
 		recoverInterceptor(),
 	}
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(interceptors...))
-	admin := service.NewAdminService(d.Store, d.Now)
+	admin := service.NewAdminService(service.NewTokens(d.Store, d.Limits, d.Now), d.Now)
 	adminv1.RegisterAdminServiceServer(srv, admin)
 	local := newChannel(chainUnary(interceptors...))
 	adminv1.RegisterAdminServiceServer(local, admin)

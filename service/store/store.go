@@ -6,6 +6,7 @@
 //	tokens   id (8-byte big-endian) → record (JSON)
 //	secrets  SHA-256 of the secret → id
 //	users    user id → bucket of that user's token ids → empty
+//	idempotency  SHA-256 of (user, Idempotency-Key) → record (JSON)
 //
 // Ids come from the tokens bucket's sequence, so they are unique across all
 // users and never reused. Every method runs in one transaction, so a token,
@@ -14,6 +15,7 @@ package store
 
 import (
 	"bytes"
+	"crypto/subtle"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -21,6 +23,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -50,6 +53,7 @@ var (
 	bucketTokens  = []byte("tokens")
 	bucketSecrets = []byte("secrets")
 	bucketUsers   = []byte("users")
+	bucketIdem    = []byte("idempotency")
 	keySchema     = []byte("schema")
 )
 
@@ -80,6 +84,9 @@ func Open(path string, opts Options) (*Store, error) {
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w at %s", ErrNoDatabase, path)
 		}
+	}
+	if err := precheck(path); err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	db, err := openBolt(path, timeout)
 	var pathErr *fs.PathError
@@ -131,7 +138,7 @@ func initSchema(tx *bolt.Tx) error {
 	case v[0] > SchemaVersion:
 		return fmt.Errorf("%w (file has %d, supported %d)", ErrNewerSchema, v[0], SchemaVersion)
 	}
-	for _, name := range [][]byte{bucketTokens, bucketSecrets, bucketUsers} {
+	for _, name := range [][]byte{bucketTokens, bucketSecrets, bucketUsers, bucketIdem} {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return err
 		}
@@ -145,10 +152,76 @@ func (s *Store) Close() error { return s.db.Close() }
 // Path returns the file the store lives in.
 func (s *Store) Path() string { return s.db.Path() }
 
-// Create stores a new token, assigning its ID. t must be valid; its hash
-// must be unique (a collision of 190-bit secrets means a broken RNG).
-func (s *Store) Create(t token.Token) (token.Token, error) {
+// CreateOptions govern Create.
+type CreateOptions struct {
+	// Now is the time of the request, for the live-token count and the
+	// idempotency window.
+	Now time.Time
+	// MaxLive refuses the create with token.ErrConflict if the user already
+	// has this many active tokens; zero means no limit.
+	MaxLive int
+	// Idempotency, if set, makes the create idempotent under its key.
+	Idempotency *Idempotency
+}
+
+// Idempotency identifies a create request for safe retries.
+type Idempotency struct {
+	// Key is a hash of the user and the client's Idempotency-Key.
+	Key [32]byte
+	// Fingerprint is a hash of the request; a retry must match it.
+	Fingerprint [32]byte
+	// Sealed is the new secret, encrypted under the client's key, so that a
+	// retry can be answered with it while the file never holds it in the
+	// clear.
+	Sealed []byte
+	// Window is how long the key is remembered.
+	Window time.Duration
+}
+
+// Replay is what Create returns instead of creating, for a retry of an
+// earlier idempotent create.
+type Replay struct {
+	// Sealed is the Idempotency.Sealed of the original request.
+	Sealed []byte
+}
+
+// Create stores a new token, assigning its ID, unless the options refuse
+// it. For a retry of an idempotent create within its window it writes
+// nothing and returns the token created the first time with a non-nil
+// Replay; a reused key with a different fingerprint is token.ErrConflict.
+// t must be valid; its hash must be unique (a collision of 190-bit secrets
+// means a broken RNG).
+func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay, error) {
+	var replay *Replay
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		if idem := opts.Idempotency; idem != nil {
+			if v := tx.Bucket(bucketIdem).Get(idem.Key[:]); v != nil {
+				rec, err := decodeIdem(v)
+				if err != nil {
+					return err
+				}
+				if opts.Now.Before(rec.Created.Add(idem.Window)) {
+					if rec.Fingerprint != idem.Fingerprint {
+						return fmt.Errorf("%w: this Idempotency-Key was used for a different request", token.ErrConflict)
+					}
+					orig, err := get(tx, rec.TokenID)
+					if err != nil {
+						return err
+					}
+					t, replay = orig, &Replay{Sealed: rec.Sealed}
+					return nil
+				}
+			}
+		}
+		if opts.MaxLive > 0 {
+			n, err := countLive(tx, t.UserID, opts.Now)
+			if err != nil {
+				return err
+			}
+			if n >= opts.MaxLive {
+				return fmt.Errorf("%w: the limit of %d live tokens per user is reached; revoke one first", token.ErrConflict, opts.MaxLive)
+			}
+		}
 		tokens := tx.Bucket(bucketTokens)
 		secrets := tx.Bucket(bucketSecrets)
 		if secrets.Get(t.SecretHash[:]) != nil {
@@ -160,11 +233,7 @@ func (s *Store) Create(t token.Token) (token.Token, error) {
 		}
 		t.ID = id
 		key := idKey(id)
-		val, err := encode(&t)
-		if err != nil {
-			return err
-		}
-		if err := tokens.Put(key[:], val); err != nil {
+		if err := put(tx, &t); err != nil {
 			return err
 		}
 		if err := secrets.Put(t.SecretHash[:], key[:]); err != nil {
@@ -174,12 +243,99 @@ func (s *Store) Create(t token.Token) (token.Token, error) {
 		if err != nil {
 			return err
 		}
-		return user.Put(key[:], nil)
+		if err := user.Put(key[:], nil); err != nil {
+			return err
+		}
+		if idem := opts.Idempotency; idem != nil {
+			v, err := json.Marshal(idemRecord{Fingerprint: idem.Fingerprint[:], TokenID: id, Created: opts.Now.Unix(), Sealed: idem.Sealed})
+			if err != nil {
+				return err
+			}
+			return tx.Bucket(bucketIdem).Put(idem.Key[:], v)
+		}
+		return nil
 	})
 	if err != nil {
-		return token.Token{}, fmt.Errorf("create token: %w", err)
+		return token.Token{}, nil, fmt.Errorf("create token: %w", err)
 	}
-	return t, nil
+	return t, replay, nil
+}
+
+func countLive(tx *bolt.Tx, user string, now time.Time) (int, error) {
+	ub := tx.Bucket(bucketUsers).Bucket([]byte(user))
+	if ub == nil {
+		return 0, nil
+	}
+	n := 0
+	err := ub.ForEach(func(k, _ []byte) error {
+		if len(k) != 8 {
+			return fmt.Errorf("user %q: %w", user, ErrCorrupt)
+		}
+		t, err := get(tx, binary.BigEndian.Uint64(k))
+		if err != nil {
+			return err
+		}
+		if t.Status(now) == token.StatusActive {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// idemRecord is the stored form of an idempotent create.
+type idemRecord struct {
+	Fingerprint []byte `json:"fp"`
+	TokenID     uint64 `json:"id"`
+	Created     int64  `json:"created"`
+	Sealed      []byte `json:"sealed"`
+}
+
+type idemEntry struct {
+	Fingerprint [32]byte
+	TokenID     uint64
+	Created     time.Time
+	Sealed      []byte
+}
+
+func decodeIdem(v []byte) (idemEntry, error) {
+	var r idemRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return idemEntry{}, fmt.Errorf("%w: idempotency record: %v", ErrCorrupt, err)
+	}
+	e := idemEntry{TokenID: r.TokenID, Created: time.Unix(r.Created, 0), Sealed: r.Sealed}
+	if copy(e.Fingerprint[:], r.Fingerprint) != len(e.Fingerprint) {
+		return idemEntry{}, fmt.Errorf("%w: idempotency record fingerprint", ErrCorrupt)
+	}
+	return e, nil
+}
+
+// PurgeIdempotency forgets idempotency keys created before cutoff and
+// returns how many it removed.
+func (s *Store) PurgeIdempotency(cutoff time.Time) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIdem)
+		var stale [][]byte
+		err := b.ForEach(func(k, v []byte) error {
+			e, err := decodeIdem(v)
+			if err != nil || e.Created.Before(cutoff) {
+				stale = append(stale, bytes.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range stale {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(stale)
+		return nil
+	})
+	return n, err
 }
 
 // GetForUser returns token id if user owns it, and token.ErrNotFound both
@@ -235,6 +391,9 @@ func (s *Store) Use(h secret.Hash, at time.Time, check func(*token.Token) error)
 		if err != nil {
 			return err
 		}
+		if !matches(&t, h, at) {
+			return token.ErrNotFound
+		}
 		if err := check(&t); err != nil {
 			return err
 		}
@@ -248,23 +407,51 @@ func (s *Store) Use(h secret.Hash, at time.Time, check func(*token.Token) error)
 	return t, nil
 }
 
+// matches reports whether h is t's secret hash, or its previous one within
+// the rotation grace period.
+func matches(t *token.Token, h secret.Hash, at time.Time) bool {
+	if subtle.ConstantTimeCompare(h[:], t.SecretHash[:]) == 1 {
+		return true
+	}
+	return !t.PrevSecretUntil.IsZero() && at.Before(t.PrevSecretUntil) &&
+		subtle.ConstantTimeCompare(h[:], t.PrevSecretHash[:]) == 1
+}
+
 // Revoke revokes user's token id at time at. Revoking a revoked token keeps
 // its first revocation time and is not an error.
 func (s *Store) Revoke(user string, id uint64, at time.Time) (token.Token, error) {
+	return s.Mutate(user, id, func(t *token.Token) error {
+		if t.RevokedAt.IsZero() {
+			t.RevokedAt = token.Clock(at)
+		}
+		return nil
+	})
+}
+
+// Mutate applies fn to user's token id in one transaction and stores the
+// result, keeping the secret index in step with the token's current and
+// previous secret hashes (so a rotation is one call). If fn returns an
+// error nothing is written. It returns token.ErrUserNotFound for an
+// unknown user and token.ErrNotFound for a token user does not own.
+func (s *Store) Mutate(user string, id uint64, fn func(*token.Token) error) (token.Token, error) {
 	var t token.Token
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketUsers).Bucket([]byte(user)) == nil {
 			return token.ErrUserNotFound
 		}
-		var err error
-		t, err = getOwned(tx, user, id)
+		before, err := getOwned(tx, user, id)
 		if err != nil {
 			return err
 		}
-		if !t.RevokedAt.IsZero() {
-			return nil
+		t = before
+		t.AllowedIPs = slices.Clone(before.AllowedIPs)
+		if err := fn(&t); err != nil {
+			return err
 		}
-		t.RevokedAt = token.Clock(at)
+		t.ID, t.UserID = before.ID, before.UserID
+		if err := reindex(tx, &before, &t); err != nil {
+			return err
+		}
 		return put(tx, &t)
 	})
 	if err != nil {
@@ -273,17 +460,85 @@ func (s *Store) Revoke(user string, id uint64, at time.Time) (token.Token, error
 	return t, nil
 }
 
-// List returns user's tokens, newest first, or token.ErrUserNotFound if the
-// user owns none.
+// reindex updates the secret index from before's hashes to after's.
+func reindex(tx *bolt.Tx, before, after *token.Token) error {
+	secrets := tx.Bucket(bucketSecrets)
+	key := idKey(after.ID)
+	var zero [32]byte
+	live := func(t *token.Token) [][32]byte {
+		hs := [][32]byte{t.SecretHash}
+		if t.PrevSecretHash != zero {
+			hs = append(hs, t.PrevSecretHash)
+		}
+		return hs
+	}
+	old, cur := live(before), live(after)
+	for _, h := range old {
+		if !slices.Contains(cur, h) {
+			if err := secrets.Delete(h[:]); err != nil {
+				return err
+			}
+		}
+	}
+	for _, h := range cur {
+		if slices.Contains(old, h) {
+			continue
+		}
+		if secrets.Get(h[:]) != nil {
+			return errors.New("secret hash collision")
+		}
+		if err := secrets.Put(h[:], key[:]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// List returns all of user's tokens, newest first, or
+// token.ErrUserNotFound if the user owns none.
 func (s *Store) List(user string) ([]token.Token, error) {
+	ts, _, err := s.ListPage(user, Page{})
+	return ts, err
+}
+
+// Page selects part of a user's tokens for ListPage.
+type Page struct {
+	// Before, if not zero, starts after the token with this id: the cursor
+	// of the previous page. Ids only grow, so pages stay stable while new
+	// tokens are created.
+	Before uint64
+	// Limit is the most tokens to return; zero means all.
+	Limit int
+	// Keep, if set, skips tokens for which it returns false.
+	Keep func(*token.Token) bool
+}
+
+// ListPage returns a page of user's tokens, newest first, and the id to
+// pass as Page.Before for the next page (zero on the last page). It
+// returns token.ErrUserNotFound if the user owns no tokens.
+func (s *Store) ListPage(user string, p Page) ([]token.Token, uint64, error) {
 	var out []token.Token
+	var next uint64
 	err := s.db.View(func(tx *bolt.Tx) error {
 		ub := tx.Bucket(bucketUsers).Bucket([]byte(user))
 		if ub == nil {
 			return token.ErrUserNotFound
 		}
 		c := ub.Cursor()
-		for k, _ := c.Last(); k != nil; k, _ = c.Prev() {
+		var k []byte
+		if p.Before != 0 {
+			start := idKey(p.Before)
+			k, _ = c.Seek(start[:])
+			if k == nil {
+				k, _ = c.Last()
+			}
+			for k != nil && bytes.Compare(k, start[:]) >= 0 {
+				k, _ = c.Prev()
+			}
+		} else {
+			k, _ = c.Last()
+		}
+		for ; k != nil; k, _ = c.Prev() {
 			if len(k) != 8 {
 				return fmt.Errorf("user %q: %w", user, ErrCorrupt)
 			}
@@ -291,11 +546,18 @@ func (s *Store) List(user string) ([]token.Token, error) {
 			if err != nil {
 				return err
 			}
+			if p.Keep != nil && !p.Keep(&t) {
+				continue
+			}
+			if p.Limit > 0 && len(out) == p.Limit {
+				next = out[len(out)-1].ID
+				break
+			}
 			out = append(out, t)
 		}
 		return nil
 	})
-	return out, err
+	return out, next, err
 }
 
 func put(tx *bolt.Tx, t *token.Token) error {
@@ -319,6 +581,8 @@ type record struct {
 	User       string   `json:"user"`
 	Name       string   `json:"name"`
 	Hash       []byte   `json:"hash"`
+	PrevHash   []byte   `json:"prev_hash,omitempty"`
+	PrevUntil  int64    `json:"prev_until,omitempty"`
 	Created    int64    `json:"created"`
 	Expires    int64    `json:"expires,omitempty"`
 	Revoked    int64    `json:"revoked,omitempty"`
@@ -332,6 +596,8 @@ func encode(t *token.Token) ([]byte, error) {
 		User:       t.UserID,
 		Name:       t.Name,
 		Hash:       t.SecretHash[:],
+		PrevHash:   prevHash(t),
+		PrevUntil:  unix(t.PrevSecretUntil),
 		Created:    unix(t.CreatedAt),
 		Expires:    unix(t.ExpiresAt),
 		Revoked:    unix(t.RevokedAt),
@@ -359,7 +625,13 @@ func decode(id uint64, val []byte) (token.Token, error) {
 		LastUsedAt: fromUnix(r.LastUsed),
 		UsageCount: r.Uses,
 	}
-	if copy(t.SecretHash[:], r.Hash) != len(t.SecretHash) {
+	if len(r.PrevHash) > 0 {
+		if copy(t.PrevSecretHash[:], r.PrevHash) != len(t.PrevSecretHash) || len(r.PrevHash) != len(t.PrevSecretHash) {
+			return token.Token{}, fmt.Errorf("%w: bad previous secret hash", ErrCorrupt)
+		}
+		t.PrevSecretUntil = fromUnix(r.PrevUntil)
+	}
+	if len(r.Hash) != len(t.SecretHash) || copy(t.SecretHash[:], r.Hash) != len(t.SecretHash) {
 		return token.Token{}, fmt.Errorf("%w: bad secret hash", ErrCorrupt)
 	}
 	for _, s := range r.AllowedIPs {
@@ -374,6 +646,13 @@ func decode(id uint64, val []byte) (token.Token, error) {
 		t.AllowedIPs = append(t.AllowedIPs, p)
 	}
 	return t, nil
+}
+
+func prevHash(t *token.Token) []byte {
+	if t.PrevSecretHash == ([32]byte{}) {
+		return nil
+	}
+	return t.PrevSecretHash[:]
 }
 
 func unix(t time.Time) int64 {

@@ -52,7 +52,7 @@ func newToken(t *testing.T, user, name string) (token.Token, secret.Hash) {
 func create(t *testing.T, s *Store, user, name string) (token.Token, secret.Hash) {
 	t.Helper()
 	tok, h := newToken(t, user, name)
-	got, err := s.Create(tok)
+	got, _, err := s.Create(tok, CreateOptions{})
 	if err != nil {
 		t.Fatalf("Create(%s/%s) = %v", user, name, err)
 	}
@@ -102,7 +102,7 @@ func TestOpenEmptyExistingFile(t *testing.T) {
 		t.Fatalf("Open(empty file) = %v", err)
 	}
 	defer s.Close()
-	if _, err := s.Create(mustToken(t, "alice")); err != nil {
+	if _, _, err := s.Create(mustToken(t, "alice"), CreateOptions{}); err != nil {
 		t.Errorf("Create on a fresh store = %v", err)
 	}
 }
@@ -118,7 +118,7 @@ func TestCreateAssignsIncreasingIDs(t *testing.T) {
 	for i, u := range users {
 		tok, h := newToken(t, u, fmt.Sprintf("tok%d", i))
 		tok.ID = 999 // must be ignored
-		got, err := s.Create(tok)
+		got, _, err := s.Create(tok, CreateOptions{})
 		if err != nil {
 			t.Fatalf("Create #%d = %v", i, err)
 		}
@@ -137,7 +137,7 @@ func TestCreateRefusesDuplicateHash(t *testing.T) {
 	dup := tok
 	dup.ID = 0
 	dup.Name = "second"
-	if _, err := s.Create(dup); err == nil {
+	if _, _, err := s.Create(dup, CreateOptions{}); err == nil {
 		t.Fatal("Create with an existing secret hash succeeded, want an error")
 	}
 	// The failed create must not have consumed anything visible.
@@ -544,7 +544,7 @@ func TestRoundTripAcrossReopen(t *testing.T) {
 	full.CreatedAt = t0
 	full.ExpiresAt = t0.Add(90 * 24 * time.Hour)
 	full.AllowedIPs = ips
-	full, err = s.Create(full)
+	full, _, err = s.Create(full, CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -826,7 +826,7 @@ func TestConcurrentMixedOperations(t *testing.T) {
 			user := fmt.Sprintf("user%d", w)
 			for i := 0; i < 10; i++ {
 				tok, h := newToken(t, user, fmt.Sprintf("t%d", i))
-				got, err := s.Create(tok)
+				got, _, err := s.Create(tok, CreateOptions{})
 				if err != nil {
 					t.Errorf("Create = %v", err)
 					return

@@ -22,6 +22,10 @@ var (
 	// ErrInvalid marks input that breaks a validation rule; the wrapping
 	// error's text says which rule, in words fit for the caller.
 	ErrInvalid = errors.New("invalid input")
+	// ErrConflict means a valid request conflicts with the current state:
+	// the user's live-token limit is reached, an idempotency key was reused
+	// for a different request, or a revoked or expired token was rotated.
+	ErrConflict = errors.New("conflict")
 )
 
 // Limits on user input.
@@ -32,9 +36,6 @@ const (
 	MaxUserLen = 128
 	// MaxAllowedIPs is the most entries an allowed_ips list may hold.
 	MaxAllowedIPs = 64
-	// MaxLifetime is the longest a token may live: ten years, far past any
-	// sane rotation policy, and well inside what timestamps represent.
-	MaxLifetime = 10 * 365 * 24 * time.Hour
 )
 
 // Status is the operational status of a token.
@@ -69,12 +70,16 @@ type Token struct {
 	UserID     string
 	Name       string
 	SecretHash [32]byte
-	CreatedAt  time.Time
-	ExpiresAt  time.Time
-	RevokedAt  time.Time
-	LastUsedAt time.Time
-	UsageCount uint64
-	AllowedIPs AllowedIPs
+	// PrevSecretHash is the hash of the secret before the last rotation,
+	// still accepted until PrevSecretUntil (the rotation's grace period).
+	PrevSecretHash  [32]byte
+	PrevSecretUntil time.Time
+	CreatedAt       time.Time
+	ExpiresAt       time.Time
+	RevokedAt       time.Time
+	LastUsedAt      time.Time
+	UsageCount      uint64
+	AllowedIPs      AllowedIPs
 }
 
 // Status derives the token's status at now: revoked if it was revoked,

@@ -100,6 +100,11 @@ func TestValidateName(t *testing.T) {
 		{"truncated rune", "abc\xe2\x82", true},
 		{"overlong encoding", "\xc0\xaf", true},
 		{"lone surrogate", "\xed\xa0\x80", true},
+		{"ZWJ family emoji", "👨\u200d👩\u200d👧", false},
+		{"no-break space", "a\u00a0b", false},
+		{"bidi override", "x\u202Ey", true},
+		{"zero-width space", "x\u200by", true},
+		{"only tab", "\t", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
