@@ -1,0 +1,318 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// procBuild builds the tokend binary into dir, as a user would get it.
+func procBuild(t *testing.T, dir string) string {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		if root := os.Getenv("GOROOT"); root != "" {
+			goTool = filepath.Join(root, "bin", "go")
+		} else {
+			t.Fatalf("no go tool to build tokend with: %v", err)
+		}
+	}
+	bin := filepath.Join(dir, "tokend")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, goTool, "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// procEnv is the environment for tokend subprocesses: the test's own,
+// without any TOKEND_ settings that would change what the flags say.
+func procEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "TOKEND_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// procServer is `tokend serve` running as a child process.
+type procServer struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	done   chan error // receives Wait's result once
+	http   string
+	grpc   string
+}
+
+// procStart starts `tokend serve` on db and waits for its "tokend
+// listening" log line, from which it learns the bound addresses.
+func procStart(t *testing.T, bin, db string) *procServer {
+	t.Helper()
+	p := &procServer{stderr: &syncBuffer{}, done: make(chan error, 1)}
+	p.cmd = exec.Command(bin, "serve", "--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0")
+	p.cmd.Env = procEnv()
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		select {
+		case err := <-p.done:
+			p.done <- err
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if line, ok := procLogLine(p.stderr.String(), "tokend listening"); ok {
+			p.http, _ = line["http"].(string)
+			p.grpc, _ = line["grpc"].(string)
+			if p.http == "" || p.grpc == "" {
+				t.Fatalf("listening line lacks http or grpc: %v", line)
+			}
+			return p
+		}
+		select {
+		case err := <-p.done:
+			p.done <- err
+			t.Fatalf("tokend serve exited before listening: %v\nstderr:\n%s", err, p.stderr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("tokend serve did not log \"tokend listening\" within 10s\nstderr:\n%s", p.stderr)
+	return nil
+}
+
+// wait waits up to d for the process to exit and returns its exit code.
+func (p *procServer) wait(t *testing.T, d time.Duration) int {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		p.done <- err
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatalf("wait: %v", err)
+		}
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(d):
+		t.Fatalf("tokend serve did not exit within %v\nstderr:\n%s", d, p.stderr)
+		return -1
+	}
+}
+
+// procLogLine finds the first JSON log line with the given msg.
+func procLogLine(logs, msg string) (map[string]any, bool) {
+	sc := bufio.NewScanner(strings.NewReader(logs))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		var m map[string]any
+		if json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == msg {
+			return m, true
+		}
+	}
+	return nil, false
+}
+
+// procRun runs a short tokend command and returns stdout, stderr and its
+// exit code.
+func procRun(t *testing.T, bin string, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = procEnv()
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("tokend %s: %v", strings.Join(args, " "), err)
+	}
+	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+}
+
+func procGet(t *testing.T, addr, path, secret string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+secret)
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	return resp.StatusCode, body
+}
+
+// TestProcess runs the built tokend binary as an operator would: serve,
+// mint a token over the socket, use it, stop with SIGTERM, inspect.
+func TestProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the tokend binary")
+	}
+	dir := t.TempDir()
+	bin := procBuild(t, dir)
+	db := filepath.Join(dir, "tokend.db")
+
+	srv := procStart(t, bin, db)
+
+	// Mint a token with the binary; the server holds the lock, so this
+	// can only succeed over the socket.
+	out, errOut, code := procRun(t, bin, "token", "create", "--db", db, "--user", "alice", "--name", "process", "--json")
+	if code != 0 {
+		t.Fatalf("token create exited %d: %s", code, errOut)
+	}
+	var tok struct {
+		ID     int64  `json:"id"`
+		Secret string `json:"secret"`
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(out), &tok); err != nil || tok.ID <= 0 || !strings.HasPrefix(tok.Secret, "tkd_") {
+		t.Fatalf("token create output %q: %v", out, err)
+	}
+	if tok.Status != "active" {
+		t.Errorf("created token status %q", tok.Status)
+	}
+
+	status, body := procGet(t, srv.http, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), tok.Secret)
+	if status != http.StatusOK {
+		t.Fatalf("GET own token: status %d, body %s", status, body)
+	}
+	var got struct {
+		Data struct {
+			ID         int64 `json:"id"`
+			UsageCount int64 `json:"usage_count"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &got); err != nil || got.Data.ID != tok.ID || got.Data.UsageCount != 1 {
+		t.Errorf("GET own token: %s (%v)", body, err)
+	}
+	// A wrong secret, which must not be logged either.
+	wrong := mustSecret(t)
+	if status, body := procGet(t, srv.http, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), wrong); status != http.StatusUnauthorized {
+		t.Errorf("GET with an unknown secret: status %d, body %s", status, body)
+	}
+	// The gRPC address is real too.
+	if !strings.HasPrefix(srv.grpc, "127.0.0.1:") || strings.HasSuffix(srv.grpc, ":0") {
+		t.Errorf("gRPC address %q", srv.grpc)
+	}
+
+	t.Run("second serve is refused", func(t *testing.T) {
+		start := time.Now()
+		second := procStart2(t, bin, db)
+		elapsed := time.Since(start)
+		if second.code == 0 {
+			t.Errorf("second serve exited 0, want non-zero")
+		}
+		if elapsed >= 5*time.Second {
+			t.Errorf("second serve took %v to exit, want < 5s", elapsed)
+		}
+		if !strings.Contains(second.stderr, "in use") {
+			t.Errorf("second serve stderr lacks \"in use\":\n%s", second.stderr)
+		}
+		// The first one still answers.
+		if status, _ := procGet(t, srv.http, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), tok.Secret); status != http.StatusOK {
+			t.Errorf("first server after the refused second: status %d", status)
+		}
+	})
+
+	if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := srv.wait(t, 10*time.Second); code != 0 {
+		t.Errorf("tokend serve exited %d after SIGTERM, want 0\nstderr:\n%s", code, srv.stderr)
+	}
+	logs := srv.stderr.String()
+	if _, ok := procLogLine(logs, "tokend stopped"); !ok {
+		t.Errorf("log lacks \"tokend stopped\":\n%s", logs)
+	}
+	if _, err := os.Lstat(socketPath(db)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("admin socket still there after shutdown (%v)", err)
+	}
+
+	// No server: the CLI reads the file and sees both successful uses
+	// (the 401 with a wrong secret is not a use of this token).
+	out, errOut, code = procRun(t, bin, "token", "list", "--db", db, "--user", "alice", "--json")
+	if code != 0 {
+		t.Fatalf("token list without a server exited %d: %s", code, errOut)
+	}
+	var list []struct {
+		ID         int64   `json:"id"`
+		UsageCount int64   `json:"usage_count"`
+		LastUsedAt *string `json:"last_used_at"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("token list output %q: %v", out, err)
+	}
+	if len(list) != 1 || list[0].ID != tok.ID || list[0].UsageCount != 2 || list[0].LastUsedAt == nil {
+		t.Errorf("token list after shutdown = %s, want token %d with usage_count 2 and last_used_at set", out, tok.ID)
+	}
+
+	t.Run("logs never hold a secret", func(t *testing.T) {
+		if _, ok := procLogLine(logs, "request"); !ok {
+			t.Fatalf("no request was logged, so there is nothing to check:\n%s", logs)
+		}
+		for _, s := range []string{tok.Secret, wrong} {
+			if strings.Contains(logs, s) {
+				t.Errorf("log contains secret %s", s)
+			}
+			if body := strings.TrimPrefix(s, "tkd_"); strings.Contains(logs, body) {
+				t.Errorf("log contains the body of secret %s", s)
+			}
+		}
+		if strings.Contains(logs, "Bearer") {
+			t.Errorf("log contains \"Bearer\":\n%s", logs)
+		}
+	})
+}
+
+type procResult struct {
+	stderr string
+	code   int
+}
+
+// procStart2 runs a second `tokend serve` on db, which must give up.
+func procStart2(t *testing.T, bin, db string) procResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "serve", "--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0")
+	cmd.Env = procEnv()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("second serve: %v", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("second serve was still running after 10s:\n%s", stderr.String())
+	}
+	return procResult{stderr: stderr.String(), code: cmd.ProcessState.ExitCode()}
+}
