@@ -62,6 +62,9 @@ func New(ctx context.Context, opts Options) (http.Handler, error) {
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithDisableHTTPMethodOverride(),
+		// Nor may a form POST stand in for a GET: the route table and
+		// Allow say which methods a path takes, and nothing else runs.
+		runtime.WithDisablePathLengthFallback(),
 		runtime.WithForwardResponseRewriter(rewriteResponse),
 		runtime.WithForwardResponseOption(forwardResponse),
 		runtime.WithErrorHandler(handleError),
@@ -189,9 +192,11 @@ func routeFor(r *http.Request) (route, bool) {
 // matchTemplate reports whether path fits template, whose {name} segments
 // match any one non-empty segment.
 func matchTemplate(template, path string) bool {
-	ts := strings.Split(strings.Trim(template, "/"), "/")
-	ps := strings.Split(strings.Trim(path, "/"), "/")
-	if len(ts) != len(ps) || strings.HasSuffix(path, "//") {
+	// Only the leading slash is trimmed: "/tokens/1/" has an empty last
+	// segment and matches no route, exactly as grpc-gateway routes it.
+	ts := strings.Split(strings.TrimPrefix(template, "/"), "/")
+	ps := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	if len(ts) != len(ps) {
 		return false
 	}
 	for i, t := range ts {

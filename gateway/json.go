@@ -47,12 +47,12 @@ func TokenJSON(t *tokenv1.Token) Token {
 	if len(out.AllowedIPs) == 0 {
 		out.AllowedIPs = nil // unrestricted is null, never []
 	}
-	if t.LastUsedAt != nil {
-		s := timeJSON(t.LastUsedAt)
+	if ts := t.GetLastUsedAt(); ts != nil {
+		s := timeJSON(ts)
 		out.LastUsedAt = &s
 	}
-	if t.ExpiresAt != nil {
-		s := timeJSON(t.ExpiresAt)
+	if ts := t.GetExpiresAt(); ts != nil {
+		s := timeJSON(ts)
 		out.ExpiresAt = &s
 	}
 	return out

@@ -79,7 +79,11 @@ type Token struct {
 	RevokedAt       time.Time
 	LastUsedAt      time.Time
 	UsageCount      uint64
-	AllowedIPs      AllowedIPs
+	// UsageBatch is the number of the last usage batch written into this
+	// record (see package usage); it lets readers merge in-memory counts
+	// without counting a batch twice.
+	UsageBatch uint64
+	AllowedIPs AllowedIPs
 }
 
 // Status derives the token's status at now: revoked if it was revoked,
@@ -121,7 +125,7 @@ func ValidateName(name string) error {
 		if !unicode.IsGraphic(r) && r != '\u200d' {
 			return fmt.Errorf("%w: name must contain only printable characters", ErrInvalid)
 		}
-		if !unicode.IsSpace(r) {
+		if !unicode.IsSpace(r) && r != '\u200d' {
 			blank = false
 		}
 	}
