@@ -6,12 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"mime"
 	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -23,13 +28,31 @@ import (
 // strings, and its errors quote library internals; this keeps the API to
 // exactly what the OpenAPI document says. The checked body is handed on
 // unchanged.
+//
+// It also answers a method that a literal path does not take (PATCH
+// /api/v1/me/tokens/current) with 405, where grpc-gateway would hand
+// "current" to a templated route as a malformed id.
 func checkBody(maxBytes int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if allow := allowedMethods(r); len(allow) > 0 && !slices.Contains(allow, r.Method) {
+			handleRoutingError(r.Context(), nil, nil, w, r, http.StatusMethodNotAllowed)
+			return
+		}
 		rt, ok := routeFor(r)
+		if ok && rt.query != nil {
+			if fields := vetQuery(r, rt.query); len(fields) > 0 {
+				writeProblem(w, r, http.StatusBadRequest, "The query string has invalid parameters.", fields...)
+				return
+			}
+		}
 		if !ok || rt.body == nil {
 			next.ServeHTTP(w, r)
 			return
 		}
+		// grpc-gateway would also fill the request from the query string,
+		// letting ?update_mask=allowed_ips override the mask derived from
+		// the body. A route with a body takes its input from the body alone.
+		r.URL.RawQuery = ""
 		if r.ContentLength > maxBytes {
 			writeProblem(w, r, http.StatusRequestEntityTooLarge, tooLarge(maxBytes))
 			return
@@ -59,6 +82,39 @@ func checkBody(maxBytes int64, next http.Handler) http.Handler {
 		r.ContentLength = int64(len(data))
 		next.ServeHTTP(w, r)
 	})
+}
+
+// vetQuery checks the query parameters that name fields of msg: integers
+// must be integers in range, and a field that is not a list is given once.
+// Other parameters are ignored, as grpc-gateway ignores them.
+func vetQuery(r *http.Request, msg proto.Message) []FieldError {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return []FieldError{{Field: "query", Detail: "is not a valid query string"}}
+	}
+	fields := msg.ProtoReflect().Descriptor().Fields()
+	var bad []FieldError
+	for _, key := range slices.Sorted(maps.Keys(q)) {
+		fd := fields.ByName(protoreflect.Name(key))
+		if fd == nil {
+			continue
+		}
+		if len(q[key]) > 1 && !fd.IsList() {
+			bad = append(bad, FieldError{Field: key, Detail: "must be given once"})
+			continue
+		}
+		switch fd.Kind() {
+		case protoreflect.Int32Kind, protoreflect.Int64Kind:
+			bits := 64
+			if fd.Kind() == protoreflect.Int32Kind {
+				bits = 32
+			}
+			if _, err := strconv.ParseInt(q[key][0], 10, bits); err != nil {
+				bad = append(bad, FieldError{Field: key, Detail: "must be an integer"})
+			}
+		}
+	}
+	return bad
 }
 
 func tooLarge(max int64) string {
@@ -125,10 +181,14 @@ func isPathParam(template, name string) bool {
 	return strings.Contains(template, "{"+name+"}")
 }
 
-// vetValue checks one field's JSON value; null always means "unset".
+// vetValue checks one field's JSON value. null means "none" for a list
+// (no IP restriction) or a timestamp (no expiry), and is refused elsewhere.
 func vetValue(fd protoreflect.FieldDescriptor, raw json.RawMessage) string {
 	if string(raw) == "null" {
-		return ""
+		if fd.IsList() || fd.Kind() == protoreflect.MessageKind && fd.Message().FullName() == "google.protobuf.Timestamp" {
+			return ""
+		}
+		return "must not be null"
 	}
 	if fd.IsList() {
 		var items []json.RawMessage

@@ -77,7 +77,38 @@ func New(ctx context.Context, opts Options) (http.Handler, error) {
 	if maxBody <= 0 {
 		maxBody = DefaultMaxBodyBytes
 	}
-	return edge(opts.Logger, checkBody(maxBody, mux)), nil
+	docs, err := docsHandler()
+	if err != nil {
+		return nil, err
+	}
+	spec := getOnly(openAPIHandler())
+	docs = getOnly(docs)
+	api := checkBody(maxBody, mux)
+	// Exact paths, not an http.ServeMux: its path cleaning would answer
+	// "/api/v1/../x" with a redirect where the API says 404.
+	root := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/openapi.json":
+			spec.ServeHTTP(w, r)
+		case "/docs":
+			docs.ServeHTTP(w, r)
+		default:
+			api.ServeHTTP(w, r)
+		}
+	})
+	return edge(opts.Logger, root), nil
+}
+
+// getOnly answers methods other than GET and HEAD with a 405 problem.
+func getOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			writeProblem(w, r, http.StatusMethodNotAllowed, fmt.Sprintf("Method %s is not allowed here; use GET.", r.Method))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // edge is the HTTP request edge: it starts the request's Info (trace id
@@ -164,18 +195,22 @@ type route struct {
 	template string
 	// body is the message a JSON body decodes into, or nil for routes that
 	// take no body. Fields bound to path parameters are not accepted in it.
+	// Routes with a body take nothing from the query string.
 	body proto.Message
+	// query, if set, is the message the query string fills; its integer
+	// parameters are checked before grpc-gateway parses them.
+	query proto.Message
 }
 
 func routes() []route {
 	return []route{
-		{http.MethodGet, "/api/v1/me/tokens/current", nil},
-		{http.MethodGet, "/api/v1/me/tokens/{token_id}", nil},
-		{http.MethodPatch, "/api/v1/me/tokens/{token_id}", &tokenv1.TokenUpdate{}},
-		{http.MethodDelete, "/api/v1/me/tokens/{token_id}", nil},
-		{http.MethodGet, "/api/v1/me/tokens", nil},
-		{http.MethodPost, "/api/v1/me/tokens", &tokenv1.CreateTokenRequest{}},
-		{http.MethodPost, "/api/v1/me/tokens/{token_id}/rotate", &tokenv1.RotateTokenRequest{}},
+		{http.MethodGet, "/api/v1/me/tokens/current", nil, nil},
+		{http.MethodGet, "/api/v1/me/tokens/{token_id}", nil, nil},
+		{http.MethodPatch, "/api/v1/me/tokens/{token_id}", &tokenv1.TokenUpdate{}, nil},
+		{http.MethodDelete, "/api/v1/me/tokens/{token_id}", nil, nil},
+		{http.MethodGet, "/api/v1/me/tokens", nil, &tokenv1.ListTokensRequest{}},
+		{http.MethodPost, "/api/v1/me/tokens", &tokenv1.CreateTokenRequest{}, nil},
+		{http.MethodPost, "/api/v1/me/tokens/{token_id}/rotate", &tokenv1.RotateTokenRequest{}, nil},
 	}
 }
 
@@ -223,10 +258,19 @@ func routeOf(r *http.Request) string {
 	return "unmatched"
 }
 
-// allowedMethods lists the methods routed for r's path, for Allow.
+// allowedMethods lists the methods routed for r's path, for Allow. A path
+// that a literal route names (such as /api/v1/me/tokens/current) takes only
+// that route's methods, even where a templated route would match it too.
 func allowedMethods(r *http.Request) []string {
+	literal := false
+	for _, rt := range routes() {
+		literal = literal || !strings.Contains(rt.template, "{") && rt.template == r.URL.Path
+	}
 	var out []string
 	for _, rt := range routes() {
+		if literal && rt.template != r.URL.Path {
+			continue
+		}
 		if matchTemplate(rt.template, r.URL.Path) && !slices.Contains(out, rt.method) {
 			out = append(out, rt.method)
 		}

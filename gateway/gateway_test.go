@@ -292,12 +292,7 @@ func TestRoutesAgreeWithGenerated(t *testing.T) {
 		paths[concrete(rt.template)] = true
 	}
 	for p := range paths {
-		var methods []string // the table's methods for p
-		for _, rt := range table {
-			if templateMatches(rt.template, p) && !slices.Contains(methods, rt.method) {
-				methods = append(methods, rt.method)
-			}
-		}
+		methods := tableMethods(table, p)
 		for _, m := range allMethods {
 			if slices.Contains(methods, m) {
 				continue
@@ -627,4 +622,24 @@ func TestEdgeLogsRouteTemplate(t *testing.T) {
 			}
 		}
 	}
+}
+
+// tableMethods is what Allow must say for path p: the methods of the routes
+// whose template matches it, or, when a literal route names p exactly
+// (/api/v1/me/tokens/current), of that route alone.
+func tableMethods(table []binding, p string) []string {
+	literal := false
+	for _, rt := range table {
+		literal = literal || !strings.Contains(rt.template, "{") && rt.template == p
+	}
+	var methods []string
+	for _, rt := range table {
+		if literal && rt.template != p {
+			continue
+		}
+		if templateMatches(rt.template, p) && !slices.Contains(methods, rt.method) {
+			methods = append(methods, rt.method)
+		}
+	}
+	return methods
 }

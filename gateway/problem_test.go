@@ -231,12 +231,7 @@ func TestHandleError(t *testing.T) {
 
 func TestHandleRoutingError(t *testing.T) {
 	routed := concrete(routes()[0].template)
-	var wantAllow []string // the table's methods for routed, once each
-	for _, rt := range routes() {
-		if templateMatches(rt.template, routed) && !slices.Contains(wantAllow, rt.method) {
-			wantAllow = append(wantAllow, rt.method)
-		}
-	}
+	wantAllow := tableMethods(tableBindings(), routed) // once each
 	slices.Sort(wantAllow)
 	tests := []struct {
 		path, method string

@@ -134,6 +134,7 @@ func (s *testServer) do(t *testing.T, method, path string, headers ...string) (*
 	if _, err := body.ReadFrom(resp.Body); err != nil {
 		t.Fatal(err)
 	}
+	validateExchange(t, req, nil, resp, body.Bytes())
 	return resp, body.Bytes()
 }
 

@@ -1,0 +1,35 @@
+package gateway
+
+import (
+	_ "embed"
+	"io"
+	"net/http"
+	"strconv"
+)
+
+// openAPIDocument (a string, so nobody can change it) is the published REST contract: an OpenAPI 3.1 document
+// written by hand. It is the contract, not a description generated from the
+// code; tests check the server's answers against it.
+//
+//go:embed openapi.json
+var openAPIDocument string
+
+// openAPIHandler serves the OpenAPI document (GET and HEAD) as
+// application/json. Any other method is 405 with an Allow header.
+func openAPIHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		h := w.Header()
+		h.Set("Content-Type", "application/json")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Content-Length", strconv.Itoa(len(openAPIDocument)))
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodGet {
+			_, _ = io.WriteString(w, openAPIDocument)
+		}
+	})
+}
