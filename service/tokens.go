@@ -16,6 +16,7 @@ import (
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/store"
 	"github.com/tokend/tokend/service/token"
+	"github.com/tokend/tokend/service/usage"
 )
 
 // Limits are the operator's bounds on what users may ask for.
@@ -52,13 +53,31 @@ const (
 // decide which user (the authenticated one, or the admin's choice).
 type Tokens struct {
 	store  *store.Store
+	usage  *usage.Recorder
 	limits Limits
 	now    func() time.Time
 }
 
-// NewTokens returns the lifecycle rules over st.
-func NewTokens(st *store.Store, limits Limits, now func() time.Time) *Tokens {
-	return &Tokens{store: st, limits: limits, now: now}
+// NewTokens returns the lifecycle rules over st. Tokens read from st are
+// shown with the uses that rec holds but has not yet written; rec may be
+// nil where nothing is counted (the CLI on the file).
+func NewTokens(st *store.Store, rec *usage.Recorder, limits Limits, now func() time.Time) *Tokens {
+	return &Tokens{store: st, usage: rec, limits: limits, now: now}
+}
+
+// fresh runs read and returns its token with the uses not yet on disk
+// added, so every read sees every use already made.
+func (s *Tokens) fresh(read func() (token.Token, error)) (token.Token, error) {
+	var t token.Token
+	if s.usage == nil {
+		return read()
+	}
+	err := s.usage.Fresh(func() ([]*token.Token, error) {
+		var err error
+		t, err = read()
+		return []*token.Token{&t}, err
+	})
+	return t, err
 }
 
 // CreateInput describes a token to mint.
@@ -172,7 +191,12 @@ func (s *Tokens) Create(in CreateInput) (Created, error) {
 			Window:      IdempotencyWindow,
 		}
 	}
-	t, replay, err := s.store.Create(t, opts)
+	var replay *store.Replay
+	t, err = s.fresh(func() (token.Token, error) {
+		created, r, err := s.store.Create(t, opts)
+		replay = r
+		return created, err
+	})
 	if err != nil {
 		return Created{}, err
 	}
@@ -204,7 +228,7 @@ func (s *Tokens) Get(user string, id int64) (token.Token, error) {
 	if err != nil {
 		return token.Token{}, err
 	}
-	return s.store.GetForUser(user, uid)
+	return s.fresh(func() (token.Token, error) { return s.store.GetForUser(user, uid) })
 }
 
 // ListInput selects a page of a user's tokens.
@@ -242,7 +266,22 @@ func (s *Tokens) List(in ListInput) ([]token.Token, string, error) {
 	if err := v.Err(); err != nil {
 		return nil, "", err
 	}
-	ts, next, err := s.store.ListPage(in.UserID, store.Page{Before: before, Limit: limit, Keep: keep})
+	var ts []token.Token
+	var next uint64
+	read := func() ([]*token.Token, error) {
+		var err error
+		ts, next, err = s.store.ListPage(in.UserID, store.Page{Before: before, Limit: limit, Keep: keep})
+		ptrs := make([]*token.Token, len(ts))
+		for i := range ts {
+			ptrs[i] = &ts[i]
+		}
+		return ptrs, err
+	}
+	if s.usage != nil {
+		err = s.usage.Fresh(read)
+	} else {
+		_, err = read()
+	}
 	if err != nil {
 		return nil, "", err
 	}
@@ -317,14 +356,16 @@ func (s *Tokens) Update(in UpdateInput) (token.Token, error) {
 	if err := v.Err(); err != nil {
 		return token.Token{}, err
 	}
-	return s.store.Mutate(in.UserID, id, func(t *token.Token) error {
-		if in.Name != nil {
-			t.Name = *in.Name
-		}
-		if in.AllowedIPs != nil {
-			t.AllowedIPs = ips
-		}
-		return nil
+	return s.fresh(func() (token.Token, error) {
+		return s.store.Mutate(in.UserID, id, func(t *token.Token) error {
+			if in.Name != nil {
+				t.Name = *in.Name
+			}
+			if in.AllowedIPs != nil {
+				t.AllowedIPs = ips
+			}
+			return nil
+		})
 	})
 }
 
@@ -334,7 +375,7 @@ func (s *Tokens) Revoke(user string, id int64) (token.Token, error) {
 	if err != nil {
 		return token.Token{}, err
 	}
-	return s.store.Revoke(user, uid, s.now())
+	return s.fresh(func() (token.Token, error) { return s.store.Revoke(user, uid, s.now()) })
 }
 
 // Rotated is the result of Rotate.
@@ -371,7 +412,17 @@ func (s *Tokens) Rotate(user string, id int64, grace time.Duration, graceField s
 	if grace > 0 {
 		until = ceilSecond(now.Add(grace))
 	}
-	t, err := s.store.Mutate(user, uid, func(t *token.Token) error {
+	rotate := rotateFunc(now, until, grace, sec)
+	t, err := s.fresh(func() (token.Token, error) { return s.store.Mutate(user, uid, rotate) })
+	if err != nil {
+		return Rotated{}, err
+	}
+	return Rotated{Token: t, Secret: sec, PreviousUntil: until}, nil
+}
+
+// rotateFunc is Rotate's change to the token, as a function for Mutate.
+func rotateFunc(now, until time.Time, grace time.Duration, sec string) func(*token.Token) error {
+	return func(t *token.Token) error {
 		if st := t.Status(now); st != token.StatusActive {
 			return fmt.Errorf("%w: a %s token cannot be rotated", token.ErrConflict, st)
 		}
@@ -382,11 +433,7 @@ func (s *Tokens) Rotate(user string, id int64, grace time.Duration, graceField s
 		}
 		t.SecretHash = secret.HashOf(sec)
 		return nil
-	})
-	if err != nil {
-		return Rotated{}, err
 	}
-	return Rotated{Token: t, Secret: sec, PreviousUntil: until}, nil
 }
 
 func tokenID(id int64) (uint64, error) {

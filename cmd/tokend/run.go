@@ -12,7 +12,7 @@ import (
 // errUsage marks command-line mistakes; main exits 2 for them.
 var errUsage = errors.New("usage")
 
-const usage = `tokend serves personal access tokens over gRPC and REST.
+const usageText = `tokend serves personal access tokens over gRPC and REST.
 
 Usage:
   tokend serve [flags]                        run the server
@@ -33,7 +33,7 @@ Run "tokend serve -h" for the server's flags.
 // run is the whole program: main only wires it to the process.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usageText)
 		return fmt.Errorf("%w: no command given", errUsage)
 	}
 	switch args[0] {
@@ -42,10 +42,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "token":
 		return runToken(ctx, args[1:], getenv, stdout, stderr)
 	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usageText)
 		return nil
 	}
-	fmt.Fprint(stderr, usage)
+	fmt.Fprint(stderr, usageText)
 	return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
 }
 

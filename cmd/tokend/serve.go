@@ -22,6 +22,7 @@ import (
 	"github.com/tokend/tokend/service/auth"
 	"github.com/tokend/tokend/service/rpc"
 	"github.com/tokend/tokend/service/store"
+	"github.com/tokend/tokend/service/usage"
 )
 
 // serveConfig is the server's configuration, from flags and environment.
@@ -35,6 +36,9 @@ type serveConfig struct {
 	LockTimeout     time.Duration
 	Limits          service.Limits
 	MaxBodyBytes    int64
+	// FlushInterval is how often counted uses are written to disk: the
+	// most a crash can lose.
+	FlushInterval time.Duration
 }
 
 // listening reports where a started server listens; tests use it to find
@@ -79,12 +83,20 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		maxBody = v
 		return nil
 	})
+	flush := envOr(getenv, "TOKEND_USAGE_FLUSH_INTERVAL", "1s")
+	fs.Func("usage-flush-interval", "how often usage counts are written to disk, at most 1m; a crash loses at most this much (env TOKEND_USAGE_FLUSH_INTERVAL, default 1s)", func(v string) error {
+		flush = v
+		return nil
+	})
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return cfg, err
 	}
 	if len(pos) > 0 {
 		return cfg, fmt.Errorf("%w: serve takes no arguments, got %q", errUsage, pos[0])
+	}
+	if cfg.FlushInterval, err = time.ParseDuration(flush); err != nil || cfg.FlushInterval < time.Millisecond || cfg.FlushInterval > time.Minute {
+		return cfg, fmt.Errorf("%w: --usage-flush-interval must be a duration from 1ms to 1m, got %q", errUsage, flush)
 	}
 	if cfg.Limits.MaxLifetime, err = time.ParseDuration(maxLifetime); err != nil || cfg.Limits.MaxLifetime < 0 {
 		return cfg, fmt.Errorf("%w: --max-token-lifetime must be a duration such as 8760h, got %q", errUsage, maxLifetime)
@@ -155,9 +167,24 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 		}
 	}()
 
+	rec, err := usage.New(st, log)
+	if err != nil {
+		return fmt.Errorf("read usage state: %w", err)
+	}
+	// Runs last (deferred calls run in reverse): every request has been
+	// answered by then, so this flush is the final word on usage.
+	defer func() {
+		if ferr := rec.Flush(); ferr != nil {
+			log.Error("final usage flush failed; uses since the last flush are lost", slog.String("error", ferr.Error()))
+			if err == nil {
+				err = fmt.Errorf("flush usage counts: %w", ferr)
+			}
+		}
+	}()
 	deps := rpc.Deps{
 		Store:  st,
-		Auth:   auth.New(st, cfg.TrustedProxies, time.Now),
+		Auth:   auth.New(st, rec, cfg.TrustedProxies, time.Now),
+		Usage:  rec,
 		Logger: log,
 		Limits: cfg.Limits,
 		Now:    time.Now,
@@ -225,6 +252,10 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 	})
 	g.Go(func() error {
 		purgeIdempotency(gctx, st, log)
+		return nil
+	})
+	g.Go(func() error {
+		rec.Run(gctx, cfg.FlushInterval)
 		return nil
 	})
 	g.Go(func() error {

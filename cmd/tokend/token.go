@@ -30,7 +30,7 @@ import (
 
 func runToken(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usageText)
 		return fmt.Errorf("%w: token needs a subcommand: create, list, show, update, rotate or revoke", errUsage)
 	}
 	sub, args := args[0], args[1:]
@@ -161,7 +161,7 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 			return printList(stdout, []*tokenv1.Token{resp.GetToken()}, *asJSON, true)
 		})
 	}
-	fmt.Fprint(stderr, usage)
+	fmt.Fprint(stderr, usageText)
 	return fmt.Errorf("%w: unknown token subcommand %q", errUsage, sub)
 }
 

@@ -55,19 +55,26 @@ func NewContext(ctx context.Context, p Principal) context.Context {
 	return context.WithValue(ctx, principalKey{}, p)
 }
 
+// UsageRecorder counts successful uses of tokens.
+type UsageRecorder interface {
+	Record(id uint64, at time.Time)
+}
+
 // Authenticator checks bearer secrets against the store and counts each
 // successful use.
 type Authenticator struct {
 	store   *store.Store
+	usage   UsageRecorder
 	proxies []netip.Prefix
 	now     func() time.Time
 }
 
-// New returns an Authenticator. trustedProxies lists the peers whose
-// X-Forwarded-For is believed; with none, the client address is always the
-// TCP peer. now is the clock (time.Now in production).
-func New(st *store.Store, trustedProxies []netip.Prefix, now func() time.Time) *Authenticator {
-	return &Authenticator{store: st, proxies: trustedProxies, now: now}
+// New returns an Authenticator that looks secrets up in st and counts uses
+// with usage. trustedProxies lists the peers whose X-Forwarded-For is
+// believed; with none, the client address is always the TCP peer. now is
+// the clock (time.Now in production).
+func New(st *store.Store, usage UsageRecorder, trustedProxies []netip.Prefix, now func() time.Time) *Authenticator {
+	return &Authenticator{store: st, usage: usage, proxies: trustedProxies, now: now}
 }
 
 // Authenticate checks the values of the authorization header (or metadata)
@@ -89,24 +96,25 @@ func (a *Authenticator) Authenticate(authorization []string, client netip.Addr) 
 		return Principal{}, fmt.Errorf("%w: malformed secret", ErrInvalidToken)
 	}
 	now := a.now()
-	t, err := a.store.Use(secret.HashOf(sec), now, func(t *token.Token) error {
-		switch t.Status(now) {
-		case token.StatusRevoked:
-			return fmt.Errorf("%w: revoked", ErrInvalidToken)
-		case token.StatusExpired:
-			return fmt.Errorf("%w: expired", ErrInvalidToken)
-		}
-		if !t.AllowedIPs.Allows(client) {
-			return fmt.Errorf("%w: client address not allowed", ErrInvalidToken)
-		}
-		return nil
-	})
+	t, err := a.store.Lookup(secret.HashOf(sec), now)
 	switch {
 	case errors.Is(err, token.ErrNotFound):
 		return Principal{}, fmt.Errorf("%w: unknown secret", ErrInvalidToken)
 	case err != nil:
 		return Principal{}, err
 	}
+	switch t.Status(now) {
+	case token.StatusRevoked:
+		return Principal{}, fmt.Errorf("%w: revoked", ErrInvalidToken)
+	case token.StatusExpired:
+		return Principal{}, fmt.Errorf("%w: expired", ErrInvalidToken)
+	}
+	if !t.AllowedIPs.Allows(client) {
+		return Principal{}, fmt.Errorf("%w: client address not allowed", ErrInvalidToken)
+	}
+	// Counted before the handler runs, so a token reading itself sees the
+	// request it is making.
+	a.usage.Record(t.ID, now)
 	return Principal{UserID: t.UserID, TokenID: t.ID}, nil
 }
 

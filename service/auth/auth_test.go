@@ -2,6 +2,7 @@ package auth_test
 
 import (
 	"errors"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/store"
 	"github.com/tokend/tokend/service/token"
+	"github.com/tokend/tokend/service/usage"
 )
 
 // t0 is a fixed whole-second UTC time the tests build tokens around.
@@ -81,7 +83,7 @@ var testProxies = []netip.Prefix{
 }
 
 func TestClientAddr(t *testing.T) {
-	a := auth.New(nil, testProxies, time.Now)
+	a := auth.New(nil, nil, testProxies, time.Now)
 	tests := []struct {
 		name string
 		peer string // "" is the zero Addr
@@ -157,7 +159,7 @@ func TestClientAddr(t *testing.T) {
 
 func TestClientAddrWithoutTrustedProxies(t *testing.T) {
 	for _, proxies := range [][]netip.Prefix{nil, {}} {
-		a := auth.New(nil, proxies, time.Now)
+		a := auth.New(nil, nil, proxies, time.Now)
 		peer := netip.MustParseAddr("::ffff:127.0.0.1")
 		got := a.ClientAddr(peer, []string{"198.51.100.1", "10.0.0.2"})
 		if want := netip.MustParseAddr("127.0.0.1"); got != want {
@@ -169,6 +171,7 @@ func TestClientAddrWithoutTrustedProxies(t *testing.T) {
 // env is a store with an Authenticator over it and a settable clock.
 type env struct {
 	st  *store.Store
+	rec *usage.Recorder
 	a   *auth.Authenticator
 	now time.Time
 }
@@ -181,8 +184,12 @@ func newEnv(t *testing.T) *env {
 		t.Fatalf("store.Open(%q) = %v", path, err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	e := &env{st: st, now: t0}
-	e.a = auth.New(st, testProxies, func() time.Time { return e.now })
+	rec, err := usage.New(st, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{st: st, rec: rec, now: t0}
+	e.a = auth.New(st, rec, testProxies, func() time.Time { return e.now })
 	return e
 }
 
@@ -205,11 +212,19 @@ func (e *env) create(t *testing.T, user string, opts ...func(*token.Token)) (tok
 	return got, sec
 }
 
+// usage returns tok's uses as a reader sees them; it flushes first, so the
+// counts must also have reached the disk.
 func (e *env) usage(t *testing.T, tok token.Token) (uint64, time.Time) {
 	t.Helper()
+	if err := e.rec.Flush(); err != nil {
+		t.Fatalf("Flush = %v", err)
+	}
 	got, err := e.st.GetForUser(tok.UserID, tok.ID)
 	if err != nil {
 		t.Fatalf("GetForUser(%s, %d) = %v", tok.UserID, tok.ID, err)
+	}
+	if e.rec.Pending() != 0 {
+		t.Fatalf("uses still pending after Flush: %d", e.rec.Pending())
 	}
 	return got.UsageCount, got.LastUsedAt
 }

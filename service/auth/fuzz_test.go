@@ -59,8 +59,8 @@ func FuzzClientAddr(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s[0], s[1], s[2])
 	}
-	trusting := auth.New(nil, testProxies, time.Now)
-	trustless := auth.New(nil, nil, time.Now)
+	trusting := auth.New(nil, nil, testProxies, time.Now)
+	trustless := auth.New(nil, nil, nil, time.Now)
 	f.Fuzz(func(t *testing.T, peerStr, xff1, xff2 string) {
 		peer, _ := netip.ParseAddr(peerStr) // the zero Addr if unparsable
 		var xff []string

@@ -25,6 +25,7 @@ import (
 	"github.com/tokend/tokend/service/auth"
 	"github.com/tokend/tokend/service/request"
 	"github.com/tokend/tokend/service/store"
+	"github.com/tokend/tokend/service/usage"
 )
 
 // TraceHeader is the response header (gRPC metadata key) that carries the
@@ -36,6 +37,9 @@ type Deps struct {
 	Store  *store.Store
 	Auth   *auth.Authenticator
 	Logger *slog.Logger
+	// Usage holds counted uses not yet on disk; nil where nothing is
+	// counted (the CLI on the file).
+	Usage *usage.Recorder
 	// Limits bound what users may ask for.
 	Limits service.Limits
 	// Now is the clock; time.Now in production.
@@ -62,7 +66,7 @@ func NewPublic(d Deps, opts ...grpc.ServerOption) *Public {
 		d.Auth.UnaryInterceptor(isPublicMethod),
 	}
 	srv := grpc.NewServer(append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(interceptors...)}, opts...)...)
-	tokens := service.NewTokenService(service.NewTokens(d.Store, d.Limits, d.Now), d.Now)
+	tokens := service.NewTokenService(service.NewTokens(d.Store, d.Usage, d.Limits, d.Now), d.Now)
 	tokenv1.RegisterTokenServiceServer(srv, tokens)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
@@ -84,7 +88,7 @@ func NewAdmin(d Deps) (*grpc.Server, *Channel) {
 		recoverInterceptor(),
 	}
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(interceptors...))
-	admin := service.NewAdminService(service.NewTokens(d.Store, d.Limits, d.Now), d.Now)
+	admin := service.NewAdminService(service.NewTokens(d.Store, d.Usage, d.Limits, d.Now), d.Now)
 	adminv1.RegisterAdminServiceServer(srv, admin)
 	local := newChannel(chainUnary(interceptors...))
 	adminv1.RegisterAdminServiceServer(local, admin)

@@ -31,6 +31,7 @@ import (
 
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/token"
+	"github.com/tokend/tokend/service/usage"
 )
 
 // SchemaVersion is the layout this package reads and writes.
@@ -55,6 +56,7 @@ var (
 	bucketUsers   = []byte("users")
 	bucketIdem    = []byte("idempotency")
 	keySchema     = []byte("schema")
+	keyBatch      = []byte("usage_batch")
 )
 
 // Options tune Open.
@@ -339,10 +341,14 @@ func (s *Store) PurgeIdempotency(cutoff time.Time) (int, error) {
 }
 
 // GetForUser returns token id if user owns it, and token.ErrNotFound both
-// when it does not exist and when someone else owns it.
+// when it does not exist and when someone else owns it. A user who owns no
+// tokens at all is token.ErrUserNotFound.
 func (s *Store) GetForUser(user string, id uint64) (token.Token, error) {
 	var t token.Token
 	err := s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketUsers).Bucket([]byte(user)) == nil {
+			return token.ErrUserNotFound
+		}
 		var err error
 		t, err = getOwned(tx, user, id)
 		return err
@@ -374,14 +380,12 @@ func get(tx *bolt.Tx, id uint64) (token.Token, error) {
 	return t, nil
 }
 
-// Use authenticates with a secret hash: it finds the token, lets check
-// refuse it (revoked, expired, wrong address), and otherwise counts the use
-// at time at, all in one transaction, so a token revoked concurrently is
-// never counted and N uses always add exactly N. It returns the token as
-// updated, or token.ErrNotFound for an unknown hash, or check's error.
-func (s *Store) Use(h secret.Hash, at time.Time, check func(*token.Token) error) (token.Token, error) {
+// Lookup finds the token whose secret (or, within a rotation's grace
+// period at time at, previous secret) hashes to h, in a read-only
+// transaction. It returns token.ErrNotFound for an unknown hash.
+func (s *Store) Lookup(h secret.Hash, at time.Time) (token.Token, error) {
 	var t token.Token
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bolt.Tx) error {
 		idv := tx.Bucket(bucketSecrets).Get(h[:])
 		if len(idv) != 8 {
 			return token.ErrNotFound
@@ -394,17 +398,52 @@ func (s *Store) Use(h secret.Hash, at time.Time, check func(*token.Token) error)
 		if !matches(&t, h, at) {
 			return token.ErrNotFound
 		}
-		if err := check(&t); err != nil {
-			return err
-		}
-		t.UsageCount++
-		t.LastUsedAt = token.Clock(at)
-		return put(tx, &t)
+		return nil
 	})
 	if err != nil {
 		return token.Token{}, err
 	}
 	return t, nil
+}
+
+// ApplyUsage adds counted uses to tokens in one transaction, stamping each
+// with batch, and records batch as the last one applied. Uses of a token
+// that no longer exists are dropped.
+func (s *Store) ApplyUsage(batch uint64, deltas map[uint64]usage.Delta) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for id, d := range deltas {
+			t, err := get(tx, id)
+			if errors.Is(err, token.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			t.UsageCount += d.Count
+			if last := time.Unix(d.Last, 0).UTC(); last.After(t.LastUsedAt) {
+				t.LastUsedAt = last
+			}
+			t.UsageBatch = batch
+			if err := put(tx, &t); err != nil {
+				return err
+			}
+		}
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], batch)
+		return tx.Bucket(bucketMeta).Put(keyBatch, b[:])
+	})
+}
+
+// LastUsageBatch returns the number of the last usage batch applied.
+func (s *Store) LastUsageBatch() (uint64, error) {
+	var n uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyBatch); len(v) == 8 {
+			n = binary.BigEndian.Uint64(v)
+		}
+		return nil
+	})
+	return n, err
 }
 
 // matches reports whether h is t's secret hash, or its previous one within
@@ -588,6 +627,7 @@ type record struct {
 	Revoked    int64    `json:"revoked,omitempty"`
 	LastUsed   int64    `json:"last_used,omitempty"`
 	Uses       uint64   `json:"uses,omitempty"`
+	UsageBatch uint64   `json:"usage_batch,omitempty"`
 	AllowedIPs []string `json:"allowed_ips,omitempty"`
 }
 
@@ -603,6 +643,7 @@ func encode(t *token.Token) ([]byte, error) {
 		Revoked:    unix(t.RevokedAt),
 		LastUsed:   unix(t.LastUsedAt),
 		Uses:       t.UsageCount,
+		UsageBatch: t.UsageBatch,
 		AllowedIPs: t.AllowedIPs.Strings(),
 	})
 }
@@ -624,6 +665,7 @@ func decode(id uint64, val []byte) (token.Token, error) {
 		RevokedAt:  fromUnix(r.Revoked),
 		LastUsedAt: fromUnix(r.LastUsed),
 		UsageCount: r.Uses,
+		UsageBatch: r.UsageBatch,
 	}
 	if len(r.PrevHash) > 0 {
 		if copy(t.PrevSecretHash[:], r.PrevHash) != len(t.PrevSecretHash) || len(r.PrevHash) != len(t.PrevSecretHash) {

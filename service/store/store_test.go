@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/token"
+	"github.com/tokend/tokend/service/usage"
 )
 
 // t0 is a fixed whole-second UTC time the tests build tokens around.
@@ -59,7 +60,27 @@ func create(t *testing.T, s *Store, user, name string) (token.Token, secret.Hash
 	return got, h
 }
 
-func allow(*token.Token) error { return nil }
+// use counts one use of the token with secret hash h at time at, the way
+// the server does: Lookup, then a usage batch.
+func use(t *testing.T, s *Store, h secret.Hash, at time.Time) token.Token {
+	t.Helper()
+	tok, err := s.Lookup(h, at)
+	if err != nil {
+		t.Fatalf("Lookup = %v", err)
+	}
+	last, err := s.LastUsageBatch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ApplyUsage(last+1, map[uint64]usage.Delta{tok.ID: {Count: 1, Last: at.Unix()}}); err != nil {
+		t.Fatalf("ApplyUsage = %v", err)
+	}
+	got, err := s.GetForUser(tok.UserID, tok.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
 
 func TestOpenCreatesFileWithMode0600(t *testing.T) {
 	s, path := openTemp(t)
@@ -149,9 +170,9 @@ func TestCreateRefusesDuplicateHash(t *testing.T) {
 		t.Errorf("List after a failed create = %+v, want only the first token", list)
 	}
 	h := tok.SecretHash
-	got, err := s.Use(h, t0, allow)
+	got, err := s.Lookup(h, t0)
 	if err != nil || got.ID != tok.ID {
-		t.Errorf("Use(first hash) = %+v, %v; want token %d", got, err, tok.ID)
+		t.Errorf("Lookup(first hash) = %+v, %v; want token %d", got, err, tok.ID)
 	}
 }
 
@@ -171,11 +192,11 @@ func TestGetForUser(t *testing.T) {
 		{"owner bob", "bob", b.ID, &b, nil},
 		{"other user's token", "alice", b.ID, nil, token.ErrNotFound},
 		{"other user's token, reversed", "bob", a.ID, nil, token.ErrNotFound},
-		{"unknown user", "mallory", a.ID, nil, token.ErrNotFound},
+		{"unknown user", "mallory", a.ID, nil, token.ErrUserNotFound},
 		{"unknown id", "alice", 12345, nil, token.ErrNotFound},
 		{"id zero", "alice", 0, nil, token.ErrNotFound},
 		{"max id", "alice", ^uint64(0), nil, token.ErrNotFound},
-		{"empty user", "", a.ID, nil, token.ErrNotFound},
+		{"empty user", "", a.ID, nil, token.ErrUserNotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -197,194 +218,99 @@ func TestGetForUser(t *testing.T) {
 	}
 }
 
-func TestUse(t *testing.T) {
+func TestLookup(t *testing.T) {
 	s, _ := openTemp(t)
 	tok, h := create(t, s, "alice", "a")
-	other, _ := create(t, s, "alice", "b")
+	create(t, s, "alice", "b")
 
-	at := time.Date(2030, 6, 2, 15, 4, 5, 987654321, time.FixedZone("CEST", 2*3600))
-	var seen token.Token
-	got, err := s.Use(h, at, func(t *token.Token) error { seen = *t; return nil })
-	if err != nil {
-		t.Fatalf("Use = %v", err)
+	got, err := s.Lookup(h, t0)
+	if err != nil || got.ID != tok.ID || got.UserID != "alice" {
+		t.Fatalf("Lookup = %+v, %v; want token %d of alice", got, err, tok.ID)
 	}
-	if seen.ID != tok.ID || seen.UsageCount != 0 || !seen.LastUsedAt.IsZero() {
-		t.Errorf("check saw %+v, want token %d before counting", seen, tok.ID)
-	}
-	wantAt := time.Date(2030, 6, 2, 13, 4, 5, 0, time.UTC)
-	if got.ID != tok.ID || got.UsageCount != 1 {
-		t.Errorf("Use returned id %d with usage %d, want id %d with usage 1", got.ID, got.UsageCount, tok.ID)
-	}
-	if !got.LastUsedAt.Equal(wantAt) || got.LastUsedAt.Location() != time.UTC {
-		t.Errorf("LastUsedAt = %v, want %v (whole seconds, UTC)", got.LastUsedAt, wantAt)
-	}
-
-	stored, err := s.GetForUser("alice", tok.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if stored.UsageCount != 1 || !stored.LastUsedAt.Equal(wantAt) {
-		t.Errorf("stored usage %d at %v, want 1 at %v", stored.UsageCount, stored.LastUsedAt, wantAt)
-	}
-
-	// A second use adds exactly one more and moves LastUsedAt.
-	later := wantAt.Add(time.Hour)
-	got, err = s.Use(h, later, allow)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.UsageCount != 2 || !got.LastUsedAt.Equal(later) {
-		t.Errorf("second Use: usage %d at %v, want 2 at %v", got.UsageCount, got.LastUsedAt, later)
-	}
-
-	// The other token is untouched.
-	o, err := s.GetForUser("alice", other.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if o.UsageCount != 0 || !o.LastUsedAt.IsZero() {
-		t.Errorf("unrelated token changed: usage %d at %v", o.UsageCount, o.LastUsedAt)
-	}
-}
-
-func TestUseUnknownHash(t *testing.T) {
-	s, _ := openTemp(t)
-	create(t, s, "alice", "a")
-	called := false
 	var unknown secret.Hash
 	if _, err := rand.Read(unknown[:]); err != nil {
 		t.Fatal(err)
 	}
 	for _, h := range []secret.Hash{unknown, {}} {
-		got, err := s.Use(h, t0, func(*token.Token) error { called = true; return nil })
-		if !errors.Is(err, token.ErrNotFound) {
-			t.Errorf("Use(%x) = %v, want token.ErrNotFound", h, err)
+		got, err := s.Lookup(h, t0)
+		if !errors.Is(err, token.ErrNotFound) || got.ID != 0 {
+			t.Errorf("Lookup(%x) = %+v, %v; want token.ErrNotFound and no token", h, got, err)
 		}
-		if got.ID != 0 {
-			t.Errorf("Use(%x) returned token %+v with the error", h, got)
-		}
-	}
-	if called {
-		t.Error("check was called for an unknown hash")
 	}
 }
 
-func TestUseCheckErrorChangesNothing(t *testing.T) {
+func TestLookupPreviousSecretDuringGrace(t *testing.T) {
 	s, _ := openTemp(t)
-	tok, h := create(t, s, "alice", "a")
-	if _, err := s.Use(h, t0, allow); err != nil {
+	tok, oldHash := create(t, s, "alice", "a")
+	var newHash secret.Hash
+	if _, err := rand.Read(newHash[:]); err != nil {
 		t.Fatal(err)
 	}
-	before, err := s.GetForUser("alice", tok.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	refuse := errors.New("address not allowed")
-	for i := 0; i < 3; i++ {
-		got, err := s.Use(h, t0.Add(time.Hour), func(t *token.Token) error {
-			// Even a check that scribbles on the token must not be saved.
-			t.UsageCount = 1000
-			t.Name = "scribbled"
-			return fmt.Errorf("wrapped: %w", refuse)
-		})
-		if !errors.Is(err, refuse) {
-			t.Fatalf("Use with a refusing check = %v, want the check's error", err)
-		}
-		if got.ID != 0 || got.UsageCount != 0 {
-			t.Errorf("Use with a refusing check returned %+v, want the zero token", got)
-		}
-	}
-
-	after, err := s.GetForUser("alice", tok.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	assertTokenEqual(t, after, before)
-	if after.UsageCount != 1 {
-		t.Errorf("usage = %d after refused uses, want 1", after.UsageCount)
-	}
-}
-
-func TestUseSeesRevocationInCheck(t *testing.T) {
-	s, _ := openTemp(t)
-	tok, h := create(t, s, "alice", "a")
-	if _, err := s.Revoke("alice", tok.ID, t0); err != nil {
-		t.Fatal(err)
-	}
-	errRevoked := errors.New("revoked")
-	_, err := s.Use(h, t0.Add(time.Minute), func(t *token.Token) error {
-		if t.Status(t0.Add(time.Minute)) == token.StatusRevoked {
-			return errRevoked
-		}
+	until := t0.Add(time.Minute)
+	if _, err := s.Mutate("alice", tok.ID, func(t *token.Token) error {
+		t.PrevSecretHash, t.PrevSecretUntil, t.SecretHash = t.SecretHash, until, newHash
 		return nil
-	})
-	if !errors.Is(err, errRevoked) {
-		t.Errorf("Use of a revoked token = %v, want the check to refuse it", err)
+	}); err != nil {
+		t.Fatal(err)
 	}
-	got, _ := s.GetForUser("alice", tok.ID)
-	if got.UsageCount != 0 {
-		t.Errorf("revoked token counted %d uses, want 0", got.UsageCount)
+	for _, tc := range []struct {
+		name string
+		h    secret.Hash
+		at   time.Time
+		ok   bool
+	}{
+		{"new secret", newHash, t0, true},
+		{"new secret after grace", newHash, until.Add(time.Hour), true},
+		{"old secret within grace", oldHash, until.Add(-time.Second), true},
+		{"old secret at the end of grace", oldHash, until, false},
+		{"old secret after grace", oldHash, until.Add(time.Second), false},
+	} {
+		got, err := s.Lookup(tc.h, tc.at)
+		if tc.ok && (err != nil || got.ID != tok.ID) {
+			t.Errorf("%s: Lookup = %+v, %v; want token %d", tc.name, got, err, tok.ID)
+		}
+		if !tc.ok && !errors.Is(err, token.ErrNotFound) {
+			t.Errorf("%s: Lookup = %v, want token.ErrNotFound", tc.name, err)
+		}
+	}
+	// A second rotation without grace drops the old hash from the index.
+	if _, err := s.Mutate("alice", tok.ID, func(t *token.Token) error {
+		t.PrevSecretHash, t.PrevSecretUntil = [32]byte{}, time.Time{}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Lookup(oldHash, t0); !errors.Is(err, token.ErrNotFound) {
+		t.Errorf("old secret after its hash left the index: %v, want token.ErrNotFound", err)
 	}
 }
 
-func TestUseConcurrent(t *testing.T) {
-	const n = 50
+func TestApplyUsage(t *testing.T) {
 	s, _ := openTemp(t)
-	tok, h := create(t, s, "alice", "a")
-	other, oh := create(t, s, "bob", "b")
-
-	var wg sync.WaitGroup
-	errs := make(chan error, 2*n)
-	counts := make(chan uint64, n)
-	for i := 0; i < n; i++ {
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			got, err := s.Use(h, t0.Add(time.Duration(i)*time.Second), allow)
-			if err != nil {
-				errs <- err
-				return
-			}
-			counts <- got.UsageCount
-		}()
-		go func() {
-			defer wg.Done()
-			if _, err := s.Use(oh, t0, allow); err != nil {
-				errs <- err
-			}
-		}()
+	a, _ := create(t, s, "alice", "a")
+	b, _ := create(t, s, "bob", "b")
+	last := t0.Add(time.Hour).Truncate(time.Second)
+	if err := s.ApplyUsage(7, map[uint64]usage.Delta{a.ID: {Count: 3, Last: last.Unix()}, 999: {Count: 1, Last: last.Unix()}}); err != nil {
+		t.Fatalf("ApplyUsage = %v", err)
 	}
-	wg.Wait()
-	close(errs)
-	close(counts)
-	for err := range errs {
-		t.Errorf("concurrent Use = %v", err)
+	got, _ := s.GetForUser("alice", a.ID)
+	if got.UsageCount != 3 || !got.LastUsedAt.Equal(last) || got.UsageBatch != 7 {
+		t.Errorf("after ApplyUsage: usage %d, last %v, batch %d; want 3, %v, 7", got.UsageCount, got.LastUsedAt, got.UsageBatch, last)
 	}
-
-	// Every use saw a distinct count: 1..n, each once.
-	var seen []uint64
-	for c := range counts {
-		seen = append(seen, c)
+	other, _ := s.GetForUser("bob", b.ID)
+	if other.UsageCount != 0 || other.UsageBatch != 0 {
+		t.Errorf("untouched token changed: %+v", other)
 	}
-	slices.Sort(seen)
-	for i, c := range seen {
-		if c != uint64(i+1) {
-			t.Fatalf("counts returned by concurrent Use = %v, want 1..%d each once", seen, n)
-		}
+	if n, err := s.LastUsageBatch(); err != nil || n != 7 {
+		t.Errorf("LastUsageBatch = %d, %v; want 7", n, err)
 	}
-
-	for _, c := range []struct {
-		user string
-		id   uint64
-	}{{"alice", tok.ID}, {"bob", other.ID}} {
-		got, err := s.GetForUser(c.user, c.id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got.UsageCount != n {
-			t.Errorf("%s's token: usage = %d after %d concurrent uses, want %d", c.user, got.UsageCount, n, n)
-		}
+	// An older use does not move LastUsedAt back.
+	if err := s.ApplyUsage(8, map[uint64]usage.Delta{a.ID: {Count: 1, Last: t0.Unix()}}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.GetForUser("alice", a.ID)
+	if got.UsageCount != 4 || !got.LastUsedAt.Equal(last) {
+		t.Errorf("usage %d last %v, want 4 and %v", got.UsageCount, got.LastUsedAt, last)
 	}
 }
 
@@ -548,14 +474,8 @@ func TestRoundTripAcrossReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	full, err = s.Use(h, t0.Add(time.Hour), allow)
-	if err != nil {
-		t.Fatal(err)
-	}
-	full, err = s.Use(h, t0.Add(2*time.Hour), allow)
-	if err != nil {
-		t.Fatal(err)
-	}
+	use(t, s, h, t0.Add(time.Hour))
+	use(t, s, h, t0.Add(2*time.Hour))
 	full, err = s.Revoke("alice.smith+ci@example.com", full.ID, t0.Add(3*time.Hour))
 	if err != nil {
 		t.Fatal(err)
@@ -600,9 +520,8 @@ func TestRoundTripAcrossReopen(t *testing.T) {
 	}
 
 	// The secret index and the ids survive too.
-	used, err := s2.Use(h, t0.Add(4*time.Hour), allow)
-	if err != nil || used.ID != full.ID || used.UsageCount != 3 {
-		t.Errorf("Use after reopen = %+v, %v; want token %d with usage 3", used, err, full.ID)
+	if used := use(t, s2, h, t0.Add(4*time.Hour)); used.ID != full.ID || used.UsageCount != 3 {
+		t.Errorf("use after reopen = %+v; want token %d with usage 3", used, full.ID)
 	}
 	next, _ := create(t, s2, "bob", "y")
 	if next.ID != bare.ID+1 {
@@ -832,8 +751,8 @@ func TestConcurrentMixedOperations(t *testing.T) {
 					return
 				}
 				ids[w] = append(ids[w], got.ID)
-				if _, err := s.Use(h, t0, allow); err != nil {
-					t.Errorf("Use = %v", err)
+				if got, err := s.Lookup(h, t0); err != nil || got.ID != ids[w][len(ids[w])-1] {
+					t.Errorf("Lookup = %+v, %v", got, err)
 				}
 				if _, err := s.List(user); err != nil {
 					t.Errorf("List = %v", err)

@@ -1,0 +1,191 @@
+// Package usage counts token uses in memory and persists them in batches,
+// so that authenticating a request costs no disk write.
+//
+// Promises: N successful uses add exactly N; a reader sees every use
+// already recorded (read-your-writes), whether it is pending, being
+// flushed, or on disk; a flush writes all pending uses in one transaction;
+// a failed flush keeps its uses for the next one; Close flushes everything.
+// A crash loses at most the uses since the last flush (one interval).
+package usage
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/tokend/tokend/service/token"
+)
+
+// Delta is the uses of one token not yet on disk.
+type Delta struct {
+	Count uint64
+	// Last is the time of the latest use, Unix seconds.
+	Last int64
+}
+
+// Store persists batches of deltas.
+type Store interface {
+	// ApplyUsage adds the deltas to the tokens in one transaction and
+	// stamps each with batch, so readers can tell whether a token read from
+	// disk already includes it.
+	ApplyUsage(batch uint64, deltas map[uint64]Delta) error
+	// LastUsageBatch returns the number of the last batch applied.
+	LastUsageBatch() (uint64, error)
+}
+
+// Recorder is the in-memory usage ledger, safe for concurrent use.
+type Recorder struct {
+	store Store
+	log   *slog.Logger
+
+	mu       sync.Mutex
+	pending  map[uint64]Delta
+	spare    map[uint64]Delta // reused between flushes so steady state allocates nothing
+	inflight map[uint64]Delta // being written as batch `batch`
+	batch    uint64           // number of the in-flight or, if none, last batch
+	gen      uint64           // counts committed flushes; see Fresh
+	failures uint64
+
+	flushMu sync.Mutex // one flush at a time
+}
+
+// New returns a Recorder over st, continuing its batch numbering.
+func New(st Store, log *slog.Logger) (*Recorder, error) {
+	last, err := st.LastUsageBatch()
+	if err != nil {
+		return nil, err
+	}
+	return &Recorder{
+		store:   st,
+		log:     log,
+		pending: make(map[uint64]Delta),
+		spare:   make(map[uint64]Delta),
+		batch:   last,
+	}, nil
+}
+
+// Record counts one use of token id at time at.
+func (r *Recorder) Record(id uint64, at time.Time) {
+	sec := at.Unix()
+	r.mu.Lock()
+	d := r.pending[id]
+	d.Count++
+	if sec > d.Last {
+		d.Last = sec
+	}
+	r.pending[id] = d
+	r.mu.Unlock()
+}
+
+// Fresh runs read, which reads tokens from disk, and adds to each token it
+// returns the uses not yet on disk, so a reader sees every use already
+// recorded. A use being flushed is added only if the copy read from disk
+// predates its batch; if a flush commits while read runs, read runs again,
+// because its copies may then predate a batch that is no longer in memory.
+// Flushes commit about once an interval, so the retry is rare.
+func (r *Recorder) Fresh(read func() ([]*token.Token, error)) error {
+	for {
+		r.mu.Lock()
+		gen := r.gen
+		r.mu.Unlock()
+		ts, err := read()
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		if r.gen != gen {
+			r.mu.Unlock()
+			continue
+		}
+		for _, t := range ts {
+			r.applyLocked(t)
+		}
+		r.mu.Unlock()
+		return nil
+	}
+}
+
+func (r *Recorder) applyLocked(t *token.Token) {
+	d := r.pending[t.ID]
+	if in, ok := r.inflight[t.ID]; ok && t.UsageBatch < r.batch {
+		d.Count += in.Count
+		d.Last = max(d.Last, in.Last)
+	}
+	t.UsageCount += d.Count
+	if d.Last > 0 {
+		if last := time.Unix(d.Last, 0).UTC(); last.After(t.LastUsedAt) {
+			t.LastUsedAt = last
+		}
+	}
+}
+
+// Flush writes all pending uses in one transaction. On failure they stay
+// pending, to be written by a later flush.
+func (r *Recorder) Flush() error {
+	r.flushMu.Lock()
+	defer r.flushMu.Unlock()
+	r.mu.Lock()
+	if len(r.pending) == 0 {
+		r.mu.Unlock()
+		return nil
+	}
+	r.inflight, r.pending, r.spare = r.pending, r.spare, nil
+	r.batch++
+	batch, deltas := r.batch, r.inflight
+	r.mu.Unlock()
+
+	err := r.store.ApplyUsage(batch, deltas)
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		// Fold the batch back into pending. Its number is spent: disk never
+		// saw it, so no token carries it, and the next batch is higher.
+		for id, d := range deltas {
+			p := r.pending[id]
+			p.Count += d.Count
+			p.Last = max(p.Last, d.Last)
+			r.pending[id] = p
+		}
+		r.failures++
+	} else {
+		r.gen++
+	}
+	clear(deltas)
+	r.spare, r.inflight = deltas, nil
+	return err
+}
+
+// Pending returns how many uses are not yet on disk, for metrics and
+// tests.
+func (r *Recorder) Pending() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var n uint64
+	for _, d := range r.pending {
+		n += d.Count
+	}
+	for _, d := range r.inflight {
+		n += d.Count
+	}
+	return n
+}
+
+// Run flushes every interval until ctx is done. It does not flush at the
+// end, since requests may still be in flight then: call Flush once the
+// servers have stopped, for that flush to be the last word.
+func (r *Recorder) Run(ctx context.Context, interval time.Duration) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if err := r.Flush(); err != nil {
+				r.log.Error("flush usage counts; they stay in memory and are retried", slog.String("error", err.Error()))
+			}
+		}
+	}
+}
