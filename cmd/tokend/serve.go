@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"errors"
+	"expvar"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -39,12 +41,15 @@ type serveConfig struct {
 	// FlushInterval is how often counted uses are written to disk: the
 	// most a crash can lose.
 	FlushInterval time.Duration
+	// DebugAddr, if set, serves expvar (/debug/vars, with memstats) and
+	// pprof (/debug/pprof/) there, for benchmarks and profiling.
+	DebugAddr string
 }
 
 // listening reports where a started server listens; tests use it to find
 // servers bound to port 0.
 type listening struct {
-	HTTP, GRPC, Admin string
+	HTTP, GRPC, Admin, Debug string
 }
 
 func parseServe(args []string, getenv func(string) string, stderr io.Writer) (serveConfig, error) {
@@ -83,6 +88,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		maxBody = v
 		return nil
 	})
+	fs.StringVar(&cfg.DebugAddr, "debug-addr", envOr(getenv, "TOKEND_DEBUG_ADDR", ""), "if set, serve expvar and pprof on this address; keep it on loopback (env TOKEND_DEBUG_ADDR)")
 	flush := envOr(getenv, "TOKEND_USAGE_FLUSH_INTERVAL", "1s")
 	fs.Func("usage-flush-interval", "how often usage counts are written to disk, at most 1m; a crash loses at most this much (env TOKEND_USAGE_FLUSH_INTERVAL, default 1s)", func(v string) error {
 		flush = v
@@ -222,9 +228,23 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 	}
 	defer adminLn.Close()
 
+	var debugSrv *http.Server
+	var debugLn net.Listener
+	if cfg.DebugAddr != "" {
+		debugLn, err = lc.Listen(ctx, "tcp", cfg.DebugAddr)
+		if err != nil {
+			return fmt.Errorf("listen for debug on %s: %w", cfg.DebugAddr, err)
+		}
+		defer debugLn.Close()
+		debugSrv = &http.Server{Handler: debugHandler(), ReadHeaderTimeout: 5 * time.Second}
+	}
+
 	addrs := listening{HTTP: httpLn.Addr().String(), GRPC: grpcLn.Addr().String(), Admin: adminLn.Addr().String()}
+	if debugLn != nil {
+		addrs.Debug = debugLn.Addr().String()
+	}
 	log.Info("tokend listening", slog.String("http", addrs.HTTP), slog.String("grpc", addrs.GRPC),
-		slog.String("admin_socket", addrs.Admin), slog.String("db", cfg.DB))
+		slog.String("admin_socket", addrs.Admin), slog.String("debug", addrs.Debug), slog.String("db", cfg.DB))
 	if ready != nil {
 		ready(addrs)
 	}
@@ -258,6 +278,18 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 		rec.Run(gctx, cfg.FlushInterval)
 		return nil
 	})
+	if debugSrv != nil {
+		g.Go(func() error {
+			if err := debugSrv.Serve(debugLn); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve debug: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			return debugSrv.Close()
+		})
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("tokend shutting down", slog.Duration("drain_timeout", cfg.ShutdownTimeout))
@@ -315,6 +347,19 @@ func purgeIdempotency(ctx context.Context, st *store.Store, log *slog.Logger) {
 		case <-tick.C:
 		}
 	}
+}
+
+// debugHandler serves expvar and pprof. It is built here rather than taken
+// from http.DefaultServeMux, which any imported package could extend.
+func debugHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/debug/vars", expvar.Handler())
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // socketPath is where the admin socket of the database at db lives.
