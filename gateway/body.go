@@ -32,13 +32,13 @@ import (
 // It also answers a method that a literal path does not take (PATCH
 // /api/v1/me/tokens/current) with 405, where grpc-gateway would hand
 // "current" to a templated route as a malformed id.
-func checkBody(maxBytes int64, next http.Handler) http.Handler {
+func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if allow := allowedMethods(r); len(allow) > 0 && !slices.Contains(allow, r.Method) {
-			handleRoutingError(r.Context(), nil, nil, w, r, http.StatusMethodNotAllowed)
+		if !router.methodAllowed(r) {
+			router.handleRoutingError(r.Context(), nil, nil, w, r, http.StatusMethodNotAllowed)
 			return
 		}
-		rt, ok := routeFor(r)
+		rt, ok := router.routeFor(r)
 		if ok && rt.query != nil {
 			if fields := vetQuery(r, rt.query); len(fields) > 0 {
 				writeProblem(w, r, http.StatusBadRequest, "The query string has invalid parameters.", fields...)

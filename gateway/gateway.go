@@ -46,6 +46,7 @@ const DefaultMaxBodyBytes = 64 << 10
 
 // New returns the REST API as an http.Handler.
 func New(ctx context.Context, opts Options) (http.Handler, error) {
+	rt := newRouter()
 	mux := runtime.NewServeMux(
 		// Only Authorization (which the gateway always forwards as
 		// "authorization") and Idempotency-Key reach the service.
@@ -68,7 +69,7 @@ func New(ctx context.Context, opts Options) (http.Handler, error) {
 		runtime.WithForwardResponseRewriter(rewriteResponse),
 		runtime.WithForwardResponseOption(forwardResponse),
 		runtime.WithErrorHandler(handleError),
-		runtime.WithRoutingErrorHandler(handleRoutingError),
+		runtime.WithRoutingErrorHandler(rt.handleRoutingError),
 	)
 	if err := tokenv1.RegisterTokenServiceHandlerClient(ctx, mux, tokenv1.NewTokenServiceClient(opts.Conn)); err != nil {
 		return nil, err
@@ -83,7 +84,7 @@ func New(ctx context.Context, opts Options) (http.Handler, error) {
 	}
 	spec := getOnly(openAPIHandler())
 	docs = getOnly(docs)
-	api := checkBody(maxBody, mux)
+	api := rt.checkBody(maxBody, mux)
 	// Exact paths, not an http.ServeMux: its path cleaning would answer
 	// "/api/v1/../x" with a redirect where the API says 404.
 	root := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -96,7 +97,7 @@ func New(ctx context.Context, opts Options) (http.Handler, error) {
 			api.ServeHTTP(w, r)
 		}
 	})
-	return edge(opts.Logger, root), nil
+	return edge(opts.Logger, rt, root), nil
 }
 
 // getOnly answers methods other than GET and HEAD with a 405 problem.
@@ -115,7 +116,7 @@ func getOnly(h http.Handler) http.Handler {
 // from traceparent, returned in X-Trace-Id), hands the TCP peer to the
 // service as the gRPC peer, marks every response uncacheable, turns a panic
 // into a problem response, and writes the request's one log line.
-func edge(log *slog.Logger, next http.Handler) http.Handler {
+func edge(log *slog.Logger, rt *router, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ri := &request.Info{TraceID: request.TraceID(r.Header.Get("Traceparent"))}
@@ -142,7 +143,7 @@ func edge(log *slog.Logger, next http.Handler) http.Handler {
 				slog.String("trace_id", ri.TraceID),
 				slog.String("transport", "http"),
 				slog.String("method", r.Method),
-				slog.String("route", routeOf(r)),
+				slog.String("route", rt.routeOf(r)),
 				slog.Int("status", sw.code()),
 				slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
 			}
@@ -214,68 +215,124 @@ func routes() []route {
 	}
 }
 
+// router is the route table compiled for matching without allocating, as
+// it runs on every request.
+type router struct {
+	routes []compiledRoute
+}
+
+type compiledRoute struct {
+	route
+	segs    []string // template segments; "" stands for a {variable}
+	literal bool     // no variables
+}
+
+func newRouter() *router {
+	rs := routes()
+	out := &router{routes: make([]compiledRoute, len(rs))}
+	for i, r := range rs {
+		segs := strings.Split(strings.TrimPrefix(r.template, "/"), "/")
+		literal := true
+		for j, s := range segs {
+			if strings.HasPrefix(s, "{") {
+				segs[j], literal = "", false
+			}
+		}
+		out.routes[i] = compiledRoute{route: r, segs: segs, literal: literal}
+	}
+	return out
+}
+
+// match reports whether path fits the route: the same number of segments,
+// literal segments equal, variables non-empty. Only the leading slash is
+// trimmed: "/tokens/1/" has an empty last segment and matches no route,
+// exactly as grpc-gateway routes it.
+func (c *compiledRoute) match(path string) bool {
+	rest, ok := strings.CutPrefix(path, "/")
+	if !ok {
+		return false
+	}
+	for i, want := range c.segs {
+		seg, tail, more := strings.Cut(rest, "/")
+		if more != (i < len(c.segs)-1) {
+			return false
+		}
+		if want == "" && seg == "" || want != "" && seg != want {
+			return false
+		}
+		rest = tail
+	}
+	return true
+}
+
 // routeFor returns the route for r, if any.
-func routeFor(r *http.Request) (route, bool) {
-	for _, rt := range routes() {
-		if rt.method == r.Method && matchTemplate(rt.template, r.URL.Path) {
-			return rt, true
+func (rt *router) routeFor(r *http.Request) (route, bool) {
+	for i := range rt.routes {
+		c := &rt.routes[i]
+		if c.method == r.Method && c.match(r.URL.Path) {
+			return c.route, true
 		}
 	}
 	return route{}, false
 }
 
-// matchTemplate reports whether path fits template, whose {name} segments
-// match any one non-empty segment.
-func matchTemplate(template, path string) bool {
-	// Only the leading slash is trimmed: "/tokens/1/" has an empty last
-	// segment and matches no route, exactly as grpc-gateway routes it.
-	ts := strings.Split(strings.TrimPrefix(template, "/"), "/")
-	ps := strings.Split(strings.TrimPrefix(path, "/"), "/")
-	if len(ts) != len(ps) {
-		return false
-	}
-	for i, t := range ts {
-		if strings.HasPrefix(t, "{") {
-			if ps[i] == "" {
-				return false
-			}
-			continue
-		}
-		if t != ps[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // routeOf returns the template that r's path matches, or "unmatched".
-func routeOf(r *http.Request) string {
-	for _, rt := range routes() {
-		if matchTemplate(rt.template, r.URL.Path) {
-			return rt.template
+func (rt *router) routeOf(r *http.Request) string {
+	for i := range rt.routes {
+		if c := &rt.routes[i]; c.match(r.URL.Path) {
+			return c.template
 		}
 	}
 	return "unmatched"
 }
 
-// allowedMethods lists the methods routed for r's path, for Allow. A path
-// that a literal route names (such as /api/v1/me/tokens/current) takes only
-// that route's methods, even where a templated route would match it too.
-func allowedMethods(r *http.Request) []string {
-	literal := false
-	for _, rt := range routes() {
-		literal = literal || !strings.Contains(rt.template, "{") && rt.template == r.URL.Path
-	}
-	var out []string
-	for _, rt := range routes() {
-		if literal && rt.template != r.URL.Path {
-			continue
+// literalPath reports whether a literal route (such as
+// /api/v1/me/tokens/current) names path exactly: then only such routes
+// apply to it, even where a templated route would match it too.
+func (rt *router) literalPath(path string) bool {
+	for i := range rt.routes {
+		if c := &rt.routes[i]; c.literal && c.template == path {
+			return true
 		}
-		if matchTemplate(rt.template, r.URL.Path) && !slices.Contains(out, rt.method) {
-			out = append(out, rt.method)
+	}
+	return false
+}
+
+// applies reports whether route c serves path.
+func (rt *router) applies(c *compiledRoute, path string, literal bool) bool {
+	return (!literal || c.template == path) && c.match(path)
+}
+
+// allowedMethods lists the methods routed for r's path, for Allow.
+func (rt *router) allowedMethods(r *http.Request) []string {
+	literal := rt.literalPath(r.URL.Path)
+	var out []string
+	for i := range rt.routes {
+		c := &rt.routes[i]
+		if rt.applies(c, r.URL.Path, literal) && !slices.Contains(out, c.method) {
+			out = append(out, c.method)
 		}
 	}
 	return out
+}
+
+// methodAllowed reports false when r's path is routed but not for r's
+// method (a 405); an unrouted path is left to the 404 of the mux. Unlike
+// allowedMethods it allocates nothing, as it runs on every request.
+func (rt *router) methodAllowed(r *http.Request) bool {
+	literal := rt.literalPath(r.URL.Path)
+	matched := false
+	for i := range rt.routes {
+		c := &rt.routes[i]
+		if !rt.applies(c, r.URL.Path, literal) {
+			continue
+		}
+		if c.method == r.Method {
+			return true
+		}
+		matched = true
+	}
+	return !matched
 }
 
 // forwardResponse sets what grpc-gateway cannot derive from a response

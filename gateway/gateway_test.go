@@ -280,7 +280,7 @@ func TestRoutesAgreeWithGenerated(t *testing.T) {
 			decodeProblem(t, rec)
 			// The log line names the route that served the request.
 			if slices.Contains(table, rt) {
-				if got := routeOf(httptest.NewRequest(rt.method, p, nil)); got != rt.template {
+				if got := newRouter().routeOf(httptest.NewRequest(rt.method, p, nil)); got != rt.template {
 					t.Errorf("routeOf(%s %s) = %q, want %q", rt.method, p, got, rt.template)
 				}
 			}
@@ -452,7 +452,7 @@ func TestEdgeContext(t *testing.T) {
 	req := httptest.NewRequest(http.MethodGet, "/x", nil)
 	req.RemoteAddr = "[::ffff:203.0.113.7]:4242"
 	rec := httptest.NewRecorder()
-	edge(slog.New(slog.DiscardHandler), next).ServeHTTP(rec, req)
+	edge(slog.New(slog.DiscardHandler), newRouter(), next).ServeHTTP(rec, req)
 	if ri == nil {
 		t.Fatal("no request.Info in the handler's context")
 	}
@@ -510,7 +510,7 @@ func TestEdgeRecoversPanic(t *testing.T) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
-	srv := httptest.NewServer(edge(log, next))
+	srv := httptest.NewServer(edge(log, newRouter(), next))
 	defer srv.Close()
 
 	resp, err := http.Get(srv.URL + "/panic")
@@ -575,7 +575,7 @@ func TestEdgePanicAfterWrite(t *testing.T) {
 		panic("late")
 	})
 	rec := httptest.NewRecorder()
-	edge(slog.New(slog.NewJSONHandler(&logBuf, nil)), next).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/x", nil))
+	edge(slog.New(slog.NewJSONHandler(&logBuf, nil)), newRouter(), next).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/x", nil))
 	if rec.Code != http.StatusAccepted || rec.Body.String() != "partial" {
 		t.Errorf("after a late panic: status %d, body %q; want the handler's 202 and body untouched", rec.Code, rec.Body)
 	}
@@ -597,7 +597,7 @@ func TestEdgeRepanicsAbortHandler(t *testing.T) {
 			t.Errorf("recovered %v, want http.ErrAbortHandler to propagate", p)
 		}
 	}()
-	edge(slog.New(slog.DiscardHandler), next).ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/x", nil))
+	edge(slog.New(slog.DiscardHandler), newRouter(), next).ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/x", nil))
 	t.Error("ServeHTTP returned normally after ErrAbortHandler")
 }
 

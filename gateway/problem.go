@@ -168,10 +168,10 @@ func libraryDetail(st *status.Status) string {
 // handleRoutingError answers requests that match no route: 404 for an
 // unknown path, and 405 with Allow for a known path with another method
 // (grpc-gateway's default would say 501).
-func handleRoutingError(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, r *http.Request, code int) {
+func (rt *router) handleRoutingError(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, r *http.Request, code int) {
 	switch code {
 	case http.StatusMethodNotAllowed:
-		allow := allowedMethods(r)
+		allow := rt.allowedMethods(r)
 		if len(allow) == 0 {
 			writeProblem(w, r, http.StatusNotFound, detailNotFound)
 			return

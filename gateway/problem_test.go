@@ -248,7 +248,7 @@ func TestHandleRoutingError(t *testing.T) {
 		rec := httptest.NewRecorder()
 		r := problemRequest(tt.path)
 		r.Method = tt.method
-		handleRoutingError(context.Background(), nil, nil, rec, r, tt.code)
+		newRouter().handleRoutingError(context.Background(), nil, nil, rec, r, tt.code)
 		var allow []string
 		if h := rec.Header().Get("Allow"); h != "" {
 			allow = strings.Split(h, ", ")
