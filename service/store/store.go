@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/netip"
 	"os"
 	"slices"
 	"time"
@@ -34,8 +33,10 @@ import (
 	"github.com/tokend/tokend/service/usage"
 )
 
-// SchemaVersion is the layout this package reads and writes.
-const SchemaVersion = 1
+// SchemaVersion is the layout this package reads and writes. Version 1
+// stored token records as JSON; version 2 stores them in a compact binary
+// form (record.go). Open migrates a version 1 file in place.
+const SchemaVersion = 2
 
 // Errors returned by Open, besides those of the file system.
 var (
@@ -143,6 +144,43 @@ func initSchema(tx *bolt.Tx) error {
 	for _, name := range [][]byte{bucketTokens, bucketSecrets, bucketUsers, bucketIdem} {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return err
+		}
+	}
+	if v := meta.Get(keySchema); v[0] < SchemaVersion {
+		if err := migrate(tx, v[0]); err != nil {
+			return fmt.Errorf("migrate schema %d to %d: %w", v[0], SchemaVersion, err)
+		}
+		return meta.Put(keySchema, []byte{SchemaVersion})
+	}
+	return nil
+}
+
+// migrate upgrades a file from schema version from, in the open
+// transaction, so a failed migration leaves the file as it was.
+func migrate(tx *bolt.Tx, from byte) error {
+	if from == 1 {
+		// Rewrite every token record from JSON to the binary form. decode
+		// reads both, so this is a loop of decode and put.
+		b := tx.Bucket(bucketTokens)
+		var ts []token.Token
+		err := b.ForEach(func(k, v []byte) error {
+			if len(k) != 8 {
+				return ErrCorrupt
+			}
+			t, err := decode(binary.BigEndian.Uint64(k), v)
+			if err != nil {
+				return err
+			}
+			ts = append(ts, t)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for i := range ts {
+			if err := put(tx, &ts[i]); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -654,82 +692,6 @@ func idKey(id uint64) [8]byte {
 	var k [8]byte
 	binary.BigEndian.PutUint64(k[:], id)
 	return k
-}
-
-// record is the stored form of a token. Times are Unix seconds, 0 for
-// "never"; the secret is present only as its hash.
-type record struct {
-	User       string   `json:"user"`
-	Name       string   `json:"name"`
-	Hash       []byte   `json:"hash"`
-	PrevHash   []byte   `json:"prev_hash,omitempty"`
-	PrevUntil  int64    `json:"prev_until,omitempty"`
-	Created    int64    `json:"created"`
-	Expires    int64    `json:"expires,omitempty"`
-	Revoked    int64    `json:"revoked,omitempty"`
-	LastUsed   int64    `json:"last_used,omitempty"`
-	Uses       uint64   `json:"uses,omitempty"`
-	UsageBatch uint64   `json:"usage_batch,omitempty"`
-	AllowedIPs []string `json:"allowed_ips,omitempty"`
-}
-
-func encode(t *token.Token) ([]byte, error) {
-	return json.Marshal(record{
-		User:       t.UserID,
-		Name:       t.Name,
-		Hash:       t.SecretHash[:],
-		PrevHash:   prevHash(t),
-		PrevUntil:  unix(t.PrevSecretUntil),
-		Created:    unix(t.CreatedAt),
-		Expires:    unix(t.ExpiresAt),
-		Revoked:    unix(t.RevokedAt),
-		LastUsed:   unix(t.LastUsedAt),
-		Uses:       t.UsageCount,
-		UsageBatch: t.UsageBatch,
-		AllowedIPs: t.AllowedIPs.Strings(),
-	})
-}
-
-// decode parses a stored record. It copies everything out of val, which
-// bbolt owns only until the transaction ends.
-func decode(id uint64, val []byte) (token.Token, error) {
-	var r record
-	dec := json.NewDecoder(bytes.NewReader(val))
-	if err := dec.Decode(&r); err != nil {
-		return token.Token{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
-	}
-	t := token.Token{
-		ID:         id,
-		UserID:     r.User,
-		Name:       r.Name,
-		CreatedAt:  fromUnix(r.Created),
-		ExpiresAt:  fromUnix(r.Expires),
-		RevokedAt:  fromUnix(r.Revoked),
-		LastUsedAt: fromUnix(r.LastUsed),
-		UsageCount: r.Uses,
-		UsageBatch: r.UsageBatch,
-	}
-	if len(r.PrevHash) > 0 {
-		if copy(t.PrevSecretHash[:], r.PrevHash) != len(t.PrevSecretHash) || len(r.PrevHash) != len(t.PrevSecretHash) {
-			return token.Token{}, fmt.Errorf("%w: bad previous secret hash", ErrCorrupt)
-		}
-		t.PrevSecretUntil = fromUnix(r.PrevUntil)
-	}
-	if len(r.Hash) != len(t.SecretHash) || copy(t.SecretHash[:], r.Hash) != len(t.SecretHash) {
-		return token.Token{}, fmt.Errorf("%w: bad secret hash", ErrCorrupt)
-	}
-	for _, s := range r.AllowedIPs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			a, aerr := netip.ParseAddr(s)
-			if aerr != nil {
-				return token.Token{}, fmt.Errorf("%w: bad allowed IP %q", ErrCorrupt, s)
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
-		}
-		t.AllowedIPs = append(t.AllowedIPs, p)
-	}
-	return t, nil
 }
 
 func prevHash(t *token.Token) []byte {
