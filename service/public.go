@@ -55,7 +55,12 @@ func (s *TokenService) GetToken(ctx context.Context, req *tokenv1.GetTokenReques
 	if err != nil {
 		return nil, err
 	}
-	t, err := s.tokens.Get(p.UserID, req.GetTokenId())
+	var t token.Token
+	if req.GetTokenId() == int64(p.TokenID) {
+		t, err = s.tokens.Authenticated(p)
+	} else {
+		t, err = s.tokens.Get(p.UserID, req.GetTokenId())
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +74,7 @@ func (s *TokenService) GetCurrentToken(ctx context.Context, _ *tokenv1.GetCurren
 	if err != nil {
 		return nil, err
 	}
-	t, err := s.tokens.Get(p.UserID, int64(p.TokenID))
+	t, err := s.tokens.Authenticated(p)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/tokend/tokend/service/auth"
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/store"
 	"github.com/tokend/tokend/service/token"
@@ -220,6 +221,19 @@ func fingerprint(in CreateInput) [32]byte {
 		AllowedIPs []string
 	}{in.Name, in.ExpiresAt.Unix(), in.ExpiresIn, in.AllowedIPs})
 	return sha256.Sum256(b)
+}
+
+// Authenticated returns the token that authenticated p's request, reusing
+// the copy authentication read when no usage flush has committed since, so
+// a token reading itself costs no second read.
+func (s *Tokens) Authenticated(p auth.Principal) (token.Token, error) {
+	if s.usage != nil && p.Token.ID == p.TokenID {
+		t := p.Token
+		if s.usage.ApplySince(&t, p.UsageGen) {
+			return t, nil
+		}
+	}
+	return s.Get(p.UserID, int64(p.TokenID))
 }
 
 // Get returns user's token id.

@@ -9,12 +9,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stderr := newLogWriter(os.Stderr, 100*time.Millisecond)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, stderr)
 	stop()
+	stderr.Close()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "tokend: %v\n", err)
 		if errors.Is(err, errUsage) {

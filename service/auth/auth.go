@@ -39,6 +39,12 @@ var (
 type Principal struct {
 	UserID  string
 	TokenID uint64
+	// Token is the token as authentication read it, before this request's
+	// use was counted, and UsageGen the usage recorder's Gen before that
+	// read: together they let a handler show the token without reading it
+	// again (see usage.Recorder.ApplySince).
+	Token    token.Token
+	UsageGen uint64
 }
 
 type principalKey struct{}
@@ -58,6 +64,7 @@ func NewContext(ctx context.Context, p Principal) context.Context {
 // UsageRecorder counts successful uses of tokens.
 type UsageRecorder interface {
 	Record(id uint64, at time.Time)
+	Gen() uint64
 }
 
 // Authenticator checks bearer secrets against the store and counts each
@@ -96,6 +103,7 @@ func (a *Authenticator) Authenticate(authorization []string, client netip.Addr) 
 		return Principal{}, fmt.Errorf("%w: malformed secret", ErrInvalidToken)
 	}
 	now := a.now()
+	gen := a.usage.Gen()
 	t, err := a.store.Lookup(secret.HashOf(sec), now)
 	switch {
 	case errors.Is(err, token.ErrNotFound):
@@ -115,7 +123,7 @@ func (a *Authenticator) Authenticate(authorization []string, client netip.Addr) 
 	// Counted before the handler runs, so a token reading itself sees the
 	// request it is making.
 	a.usage.Record(t.ID, now)
-	return Principal{UserID: t.UserID, TokenID: t.ID}, nil
+	return Principal{UserID: t.UserID, TokenID: t.ID, Token: t, UsageGen: gen}, nil
 }
 
 // ParseBearer extracts the token from an Authorization value of the form

@@ -106,6 +106,27 @@ func (r *Recorder) Fresh(read func() ([]*token.Token, error)) error {
 	}
 }
 
+// Gen returns the count of committed flushes, to pass to ApplySince later.
+func (r *Recorder) Gen() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.gen
+}
+
+// ApplySince adds the uses not yet on disk to t, a copy read from disk after
+// Gen returned gen, and reports true; or reports false, changing nothing, if
+// a flush has committed since, and the caller must read t again (or use
+// Fresh). It lets a request reuse the token its authentication just read.
+func (r *Recorder) ApplySince(t *token.Token, gen uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.gen != gen {
+		return false
+	}
+	r.applyLocked(t)
+	return true
+}
+
 func (r *Recorder) applyLocked(t *token.Token) {
 	d := r.pending[t.ID]
 	if in, ok := r.inflight[t.ID]; ok && t.UsageBatch < r.batch {
