@@ -66,8 +66,25 @@ func NewTokens(st *store.Store, rec *usage.Recorder, limits Limits, now func() t
 	return &Tokens{store: st, usage: rec, limits: limits, now: now}
 }
 
-// fresh runs read and returns its token with the uses not yet on disk
-// added, so every read sees every use already made.
+// written runs write, which changes a token and returns it as committed,
+// and adds the uses not yet on disk to the result. Unlike fresh it never
+// runs write twice: if a usage flush commits meanwhile, it reads the token
+// again instead.
+func (s *Tokens) written(write func() (token.Token, error)) (token.Token, error) {
+	if s.usage == nil {
+		return write()
+	}
+	gen := s.usage.Gen()
+	t, err := write()
+	if err != nil || s.usage.ApplySince(&t, gen) {
+		return t, err
+	}
+	return s.fresh(func() (token.Token, error) { return s.store.GetForUser(t.UserID, t.ID) })
+}
+
+// fresh runs read, which must only read, and returns its token with the
+// uses not yet on disk added, so every read sees every use already made.
+// It may run read more than once.
 func (s *Tokens) fresh(read func() (token.Token, error)) (token.Token, error) {
 	var t token.Token
 	if s.usage == nil {
@@ -193,7 +210,7 @@ func (s *Tokens) Create(in CreateInput) (Created, error) {
 		}
 	}
 	var replay *store.Replay
-	t, err = s.fresh(func() (token.Token, error) {
+	t, err = s.written(func() (token.Token, error) {
 		created, r, err := s.store.Create(t, opts)
 		replay = r
 		return created, err
@@ -370,7 +387,7 @@ func (s *Tokens) Update(in UpdateInput) (token.Token, error) {
 	if err := v.Err(); err != nil {
 		return token.Token{}, err
 	}
-	return s.fresh(func() (token.Token, error) {
+	return s.written(func() (token.Token, error) {
 		return s.store.Mutate(in.UserID, id, func(t *token.Token) error {
 			if in.Name != nil {
 				t.Name = *in.Name
@@ -389,7 +406,7 @@ func (s *Tokens) Revoke(user string, id int64) (token.Token, error) {
 	if err != nil {
 		return token.Token{}, err
 	}
-	return s.fresh(func() (token.Token, error) { return s.store.Revoke(user, uid, s.now()) })
+	return s.written(func() (token.Token, error) { return s.store.Revoke(user, uid, s.now()) })
 }
 
 // Rotated is the result of Rotate.
@@ -427,7 +444,7 @@ func (s *Tokens) Rotate(user string, id int64, grace time.Duration, graceField s
 		until = ceilSecond(now.Add(grace))
 	}
 	rotate := rotateFunc(now, until, grace, sec)
-	t, err := s.fresh(func() (token.Token, error) { return s.store.Mutate(user, uid, rotate) })
+	t, err := s.written(func() (token.Token, error) { return s.store.Mutate(user, uid, rotate) })
 	if err != nil {
 		return Rotated{}, err
 	}

@@ -1,0 +1,73 @@
+package service
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/service/secret"
+	"github.com/tokend/tokend/service/store"
+	"github.com/tokend/tokend/service/usage"
+)
+
+// TestWritesRunOnceWhileUsageFlushes checks that a change is applied
+// exactly once even when usage flushes commit while it runs. (Retrying a
+// write as if it were a read once minted duplicate tokens and let a
+// rotation forget the secret it was meant to keep for the grace period.)
+func TestWritesRunOnceWhileUsageFlushes(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "t.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	rec, err := usage.New(st, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := NewTokens(st, rec, DefaultLimits(), time.Now)
+	c, err := tokens.Create(CreateInput{UserID: "alice", Name: "rotating"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // keep flushes committing
+		defer wg.Done()
+		for ctx.Err() == nil {
+			rec.Record(c.Token.ID, time.Now())
+			if err := rec.Flush(); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	sec := c.Secret
+	for i := range 100 {
+		r, err := tokens.Rotate("alice", int64(c.Token.ID), time.Hour, "grace")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The secret before this rotation must still work: a rotation run
+		// twice would have made the new secret the "previous" one.
+		if got, err := st.Lookup(secret.HashOf(sec), time.Now()); err != nil || got.ID != c.Token.ID {
+			t.Fatalf("rotation %d: the previous secret stopped working at once: %v", i, err)
+		}
+		sec = r.Secret
+	}
+	before, _, _ := tokens.List(ListInput{UserID: "alice", Limit: -1})
+	for range 50 {
+		if _, err := tokens.Create(CreateInput{UserID: "alice", Name: "x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	wg.Wait()
+	after, _, _ := tokens.List(ListInput{UserID: "alice", Limit: -1})
+	if len(after)-len(before) != 50 {
+		t.Errorf("50 creates made %d tokens", len(after)-len(before))
+	}
+}
