@@ -41,6 +41,8 @@ type serveConfig struct {
 	// FlushInterval is how often counted uses are written to disk: the
 	// most a crash can lose.
 	FlushInterval time.Duration
+	// CacheEntries bounds the cache of recently authenticated tokens.
+	CacheEntries int
 	// DebugAddr, if set, serves expvar (/debug/vars, with memstats) and
 	// pprof (/debug/pprof/) there, for benchmarks and profiling.
 	DebugAddr string
@@ -89,6 +91,11 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		return nil
 	})
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", envOr(getenv, "TOKEND_DEBUG_ADDR", ""), "if set, serve expvar and pprof on this address; keep it on loopback (env TOKEND_DEBUG_ADDR)")
+	cacheEntries := envOr(getenv, "TOKEND_CACHE_ENTRIES", strconv.Itoa(store.DefaultCacheEntries))
+	fs.Func("cache-entries", "most recently authenticated tokens kept in memory, about 350 bytes each; 0 turns the cache off (env TOKEND_CACHE_ENTRIES, default "+strconv.Itoa(store.DefaultCacheEntries)+")", func(v string) error {
+		cacheEntries = v
+		return nil
+	})
 	flush := envOr(getenv, "TOKEND_USAGE_FLUSH_INTERVAL", "1s")
 	fs.Func("usage-flush-interval", "how often usage counts are written to disk, at most 1m; a crash loses at most this much (env TOKEND_USAGE_FLUSH_INTERVAL, default 1s)", func(v string) error {
 		flush = v
@@ -100,6 +107,12 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	}
 	if len(pos) > 0 {
 		return cfg, fmt.Errorf("%w: serve takes no arguments, got %q", errUsage, pos[0])
+	}
+	if cfg.CacheEntries, err = strconv.Atoi(cacheEntries); err != nil || cfg.CacheEntries < 0 {
+		return cfg, fmt.Errorf("%w: --cache-entries must be a whole number, got %q", errUsage, cacheEntries)
+	}
+	if cfg.CacheEntries == 0 {
+		cfg.CacheEntries = -1 // store.Options: negative disables
 	}
 	if cfg.FlushInterval, err = time.ParseDuration(flush); err != nil || cfg.FlushInterval < time.Millisecond || cfg.FlushInterval > time.Minute {
 		return cfg, fmt.Errorf("%w: --usage-flush-interval must be a duration from 1ms to 1m, got %q", errUsage, flush)
@@ -160,7 +173,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 // serve runs tokend until ctx is done, then drains in-flight requests
 // (bounded by cfg.ShutdownTimeout) and closes the database.
 func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(listening)) (err error) {
-	st, err := store.Open(cfg.DB, store.Options{LockTimeout: cfg.LockTimeout})
+	st, err := store.Open(cfg.DB, store.Options{LockTimeout: cfg.LockTimeout, CacheEntries: cfg.CacheEntries})
 	if err != nil {
 		if errors.Is(err, store.ErrInUse) {
 			return fmt.Errorf("database %s is in use by another process (is another tokend serve running?)", cfg.DB)

@@ -65,6 +65,9 @@ type Options struct {
 	// LockTimeout bounds the wait for another process to release the file;
 	// zero means one second. bbolt would otherwise wait forever.
 	LockTimeout time.Duration
+	// CacheEntries bounds the cache of recently authenticated tokens; zero
+	// means DefaultCacheEntries, negative disables it.
+	CacheEntries int
 	// MustExist refuses to create a missing file, for commands that only
 	// read or change existing tokens and must not leave an empty database
 	// behind on a mistyped path.
@@ -73,7 +76,8 @@ type Options struct {
 
 // Store is a bbolt-backed token store, safe for concurrent use.
 type Store struct {
-	db *bolt.DB
+	db    *bolt.DB
+	cache *lookupCache
 }
 
 // Open opens or creates the database at path with mode 0600, creating its
@@ -108,7 +112,11 @@ func Open(path string, opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	entries := opts.CacheEntries
+	if entries == 0 {
+		entries = DefaultCacheEntries
+	}
+	return &Store{db: db, cache: newLookupCache(entries)}, nil
 }
 
 // openBolt opens the file, turning the panics with which bbolt meets some
@@ -464,7 +472,13 @@ func get(tx *bolt.Tx, id uint64) (token.Token, error) {
 // period at time at, previous secret) hashes to h, in a read-only
 // transaction. It returns token.ErrNotFound for an unknown hash.
 func (s *Store) Lookup(h secret.Hash, at time.Time) (token.Token, error) {
-	var t token.Token
+	t, ok, epoch := s.cache.get(h)
+	if ok {
+		if !matches(&t, h, at) {
+			return token.Token{}, token.ErrNotFound
+		}
+		return t, nil
+	}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		idv := tx.Bucket(bucketSecrets).Get(h[:])
 		if len(idv) != 8 {
@@ -483,6 +497,7 @@ func (s *Store) Lookup(h secret.Hash, at time.Time) (token.Token, error) {
 	if err != nil {
 		return token.Token{}, err
 	}
+	s.cache.fill(h, t, epoch)
 	return t, nil
 }
 
@@ -490,7 +505,9 @@ func (s *Store) Lookup(h secret.Hash, at time.Time) (token.Token, error) {
 // with batch, and records batch as the last one applied. Uses of a token
 // that no longer exists are dropped.
 func (s *Store) ApplyUsage(batch uint64, deltas map[uint64]usage.Delta) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	applied := make([]token.Token, 0, len(deltas))
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		applied = applied[:0]
 		for id, d := range deltas {
 			t, err := get(tx, id)
 			if errors.Is(err, token.ErrNotFound) {
@@ -507,11 +524,16 @@ func (s *Store) ApplyUsage(batch uint64, deltas map[uint64]usage.Delta) error {
 			if err := put(tx, &t); err != nil {
 				return err
 			}
+			applied = append(applied, t)
 		}
 		var b [8]byte
 		binary.BigEndian.PutUint64(b[:], batch)
 		return tx.Bucket(bucketMeta).Put(keyBatch, b[:])
 	})
+	if err == nil {
+		s.cache.refresh(applied)
+	}
+	return err
 }
 
 // LastUsageBatch returns the number of the last usage batch applied.
@@ -554,6 +576,7 @@ func (s *Store) Revoke(user string, id uint64, at time.Time) (token.Token, error
 // unknown user and token.ErrNotFound for a token user does not own.
 func (s *Store) Mutate(user string, id uint64, fn func(*token.Token) error) (token.Token, error) {
 	var t token.Token
+	var dropped []secret.Hash
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketUsers).Bucket([]byte(user)) == nil {
 			return token.ErrUserNotFound
@@ -571,8 +594,13 @@ func (s *Store) Mutate(user string, id uint64, fn func(*token.Token) error) (tok
 		if err := reindex(tx, &before, &t); err != nil {
 			return err
 		}
+		dropped = []secret.Hash{before.SecretHash, before.PrevSecretHash, t.SecretHash, t.PrevSecretHash}
 		return put(tx, &t)
 	})
+	if dropped != nil {
+		// Even if the commit failed: dropping is always safe.
+		s.cache.drop(dropped...)
+	}
 	if err != nil {
 		return token.Token{}, err
 	}

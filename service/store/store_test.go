@@ -22,7 +22,7 @@ import (
 // t0 is a fixed whole-second UTC time the tests build tokens around.
 var t0 = time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)
 
-func openTemp(t *testing.T) (*Store, string) {
+func openTemp(t testing.TB) (*Store, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "tokend.db")
 	s, err := Open(path, Options{LockTimeout: 200 * time.Millisecond})
@@ -35,7 +35,7 @@ func openTemp(t *testing.T) (*Store, string) {
 
 // newToken returns a valid token for user with a fresh secret, and that
 // secret's hash.
-func newToken(t *testing.T, user, name string) (token.Token, secret.Hash) {
+func newToken(t testing.TB, user, name string) (token.Token, secret.Hash) {
 	t.Helper()
 	sec, err := secret.New()
 	if err != nil {
@@ -50,7 +50,7 @@ func newToken(t *testing.T, user, name string) (token.Token, secret.Hash) {
 	}, h
 }
 
-func create(t *testing.T, s *Store, user, name string) (token.Token, secret.Hash) {
+func create(t testing.TB, s *Store, user, name string) (token.Token, secret.Hash) {
 	t.Helper()
 	tok, h := newToken(t, user, name)
 	got, _, err := s.Create(tok, CreateOptions{})

@@ -4,7 +4,8 @@
 // Promises: N successful uses add exactly N; a reader sees every use
 // already recorded (read-your-writes), whether it is pending, being
 // flushed, or on disk; a flush writes all pending uses in one transaction;
-// a failed flush keeps its uses for the next one; Close flushes everything.
+// a failed flush keeps its uses for the next one; a Flush after the servers
+// stop taking requests writes everything.
 // A crash loses at most the uses since the last flush (one interval).
 package usage
 
@@ -176,6 +177,13 @@ func (r *Recorder) Flush() error {
 	clear(deltas)
 	r.spare, r.inflight = deltas, nil
 	return err
+}
+
+// Failures returns how many flushes have failed, for metrics.
+func (r *Recorder) Failures() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.failures
 }
 
 // Pending returns how many uses are not yet on disk, for metrics and

@@ -1,0 +1,87 @@
+package store
+
+import (
+	"sync"
+
+	"github.com/tokend/tokend/service/secret"
+	"github.com/tokend/tokend/service/token"
+)
+
+// DefaultCacheEntries bounds the lookup cache: about 35 MB at most.
+const DefaultCacheEntries = 100_000
+
+// lookupCache keeps recently authenticated tokens by secret hash, so that
+// Lookup, which runs on every authenticated request, usually costs a map
+// read and no allocation instead of a bbolt transaction and a decode.
+//
+// It is a read-through cache of the database, never ahead of it: entries
+// are filled only from a committed read, and every write that can change a
+// cached token updates or drops it after the write commits and before the
+// write returns, so a revocation, rotation or restriction is in force for
+// every request after it is acknowledged. A fill races writes through
+// epoch: a write bumps it, and a fill whose read began under an older
+// epoch is dropped, since its copy may predate the write.
+type lookupCache struct {
+	mu    sync.RWMutex
+	max   int
+	epoch uint64
+	m     map[secret.Hash]token.Token
+}
+
+func newLookupCache(max int) *lookupCache {
+	return &lookupCache{max: max, m: make(map[secret.Hash]token.Token)}
+}
+
+func (c *lookupCache) get(h secret.Hash) (token.Token, bool, uint64) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	t, ok := c.m[h]
+	return t, ok, c.epoch
+}
+
+func (c *lookupCache) fill(h secret.Hash, t token.Token, epoch uint64) {
+	if c.max <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.epoch != epoch {
+		return
+	}
+	if len(c.m) >= c.max {
+		for k := range c.m { // map order is random: evict an arbitrary entry
+			delete(c.m, k)
+			break
+		}
+	}
+	c.m[h] = t
+}
+
+// drop forgets the tokens with these hashes.
+func (c *lookupCache) drop(hs ...secret.Hash) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.epoch++
+	for _, h := range hs {
+		delete(c.m, h)
+	}
+}
+
+// refresh replaces the cached copies of these tokens, if cached, by their
+// committed state.
+func (c *lookupCache) refresh(ts []token.Token) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.epoch++
+	var zero secret.Hash
+	for _, t := range ts {
+		for _, h := range []secret.Hash{t.SecretHash, t.PrevSecretHash} {
+			if h == zero {
+				continue
+			}
+			if _, ok := c.m[h]; ok {
+				c.m[h] = t
+			}
+		}
+	}
+}
