@@ -270,32 +270,11 @@ func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay,
 				return fmt.Errorf("%w: the limit of %d live tokens per user is reached; revoke one first", token.ErrConflict, opts.MaxLive)
 			}
 		}
-		tokens := tx.Bucket(bucketTokens)
-		secrets := tx.Bucket(bucketSecrets)
-		if secrets.Get(t.SecretHash[:]) != nil {
-			return errors.New("secret hash collision")
-		}
-		id, err := tokens.NextSequence()
-		if err != nil {
-			return err
-		}
-		t.ID = id
-		key := idKey(id)
-		if err := put(tx, &t); err != nil {
-			return err
-		}
-		if err := secrets.Put(t.SecretHash[:], key[:]); err != nil {
-			return err
-		}
-		user, err := tx.Bucket(bucketUsers).CreateBucketIfNotExists([]byte(t.UserID))
-		if err != nil {
-			return err
-		}
-		if err := user.Put(key[:], nil); err != nil {
+		if err := insert(tx, &t); err != nil {
 			return err
 		}
 		if idem := opts.Idempotency; idem != nil {
-			v, err := json.Marshal(idemRecord{Fingerprint: idem.Fingerprint[:], TokenID: id, Created: opts.Now.Unix(), Sealed: idem.Sealed})
+			v, err := json.Marshal(idemRecord{Fingerprint: idem.Fingerprint[:], TokenID: t.ID, Created: opts.Now.Unix(), Sealed: idem.Sealed})
 			if err != nil {
 				return err
 			}
@@ -315,30 +294,8 @@ func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay,
 func (s *Store) CreateBatch(ts []token.Token) ([]token.Token, error) {
 	out := make([]token.Token, len(ts))
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		tokens := tx.Bucket(bucketTokens)
-		secrets := tx.Bucket(bucketSecrets)
-		users := tx.Bucket(bucketUsers)
 		for i, t := range ts {
-			if secrets.Get(t.SecretHash[:]) != nil {
-				return errors.New("secret hash collision")
-			}
-			id, err := tokens.NextSequence()
-			if err != nil {
-				return err
-			}
-			t.ID = id
-			key := idKey(id)
-			if err := put(tx, &t); err != nil {
-				return err
-			}
-			if err := secrets.Put(t.SecretHash[:], key[:]); err != nil {
-				return err
-			}
-			ub, err := users.CreateBucketIfNotExists([]byte(t.UserID))
-			if err != nil {
-				return err
-			}
-			if err := ub.Put(key[:], nil); err != nil {
+			if err := insert(tx, &t); err != nil {
 				return err
 			}
 			out[i] = t
@@ -349,6 +306,32 @@ func (s *Store) CreateBatch(ts []token.Token) ([]token.Token, error) {
 		return nil, fmt.Errorf("create tokens: %w", err)
 	}
 	return out, nil
+}
+
+// insert stores a new token with a fresh ID, with its secret and user
+// index entries.
+func insert(tx *bolt.Tx, t *token.Token) error {
+	secrets := tx.Bucket(bucketSecrets)
+	if secrets.Get(t.SecretHash[:]) != nil {
+		return errors.New("secret hash collision")
+	}
+	id, err := tx.Bucket(bucketTokens).NextSequence()
+	if err != nil {
+		return err
+	}
+	t.ID = id
+	key := idKey(id)
+	if err := put(tx, t); err != nil {
+		return err
+	}
+	if err := secrets.Put(t.SecretHash[:], key[:]); err != nil {
+		return err
+	}
+	user, err := tx.Bucket(bucketUsers).CreateBucketIfNotExists([]byte(t.UserID))
+	if err != nil {
+		return err
+	}
+	return user.Put(key[:], nil)
 }
 
 func countLive(tx *bolt.Tx, user string, now time.Time) (int, error) {
