@@ -167,6 +167,7 @@ func procGet(t *testing.T, addr, path, secret string) (int, []byte) {
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}
+	validateExchange(t, req, nil, resp, body)
 	return resp.StatusCode, body
 }
 
