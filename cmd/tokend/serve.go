@@ -97,7 +97,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		return nil
 	})
 	flush := envOr(getenv, "TOKEND_USAGE_FLUSH_INTERVAL", "1s")
-	fs.Func("usage-flush-interval", "how often usage counts are written to disk, at most 1m; a crash loses at most this much (env TOKEND_USAGE_FLUSH_INTERVAL, default 1s)", func(v string) error {
+	fs.Func("usage-flush-interval", "how often usage counts are written to disk, at most 1m; a crash loses about this much of them (env TOKEND_USAGE_FLUSH_INTERVAL, default 1s)", func(v string) error {
 		flush = v
 		return nil
 	})

@@ -6,7 +6,9 @@
 // flushed, or on disk; a flush writes all pending uses in one transaction;
 // a failed flush keeps its uses for the next one; a Flush after the servers
 // stop taking requests writes everything.
-// A crash loses at most the uses since the last flush (one interval).
+// A crash loses at most the uses since the last committed flush: one
+// interval plus the flush in flight. (While flushes keep failing, uses
+// pile up in memory, and a crash loses all of them.)
 package usage
 
 import (
