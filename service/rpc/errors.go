@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -115,7 +116,7 @@ func newStatus(c codes.Code, reason, msg string) *status.Status {
 // so the client reads just the rule.
 func validationMessage(err error) string {
 	msg := err.Error()
-	if _, rest, ok := cutAfter(msg, token.ErrInvalid.Error()+": "); ok {
+	if _, rest, ok := strings.Cut(msg, token.ErrInvalid.Error()+": "); ok {
 		return rest
 	}
 	return msg
@@ -124,19 +125,10 @@ func validationMessage(err error) string {
 // conflictMessage strips the "conflict: " prefix of token.ErrConflict and
 // any wrapping before it.
 func conflictMessage(err error) string {
-	if _, rest, ok := cutAfter(err.Error(), token.ErrConflict.Error()+": "); ok {
+	if _, rest, ok := strings.Cut(err.Error(), token.ErrConflict.Error()+": "); ok {
 		return rest
 	}
 	return "The request conflicts with the current state"
-}
-
-func cutAfter(s, sep string) (string, string, bool) {
-	for i := 0; i+len(sep) <= len(s); i++ {
-		if s[i:i+len(sep)] == sep {
-			return s[:i], s[i+len(sep):], true
-		}
-	}
-	return s, "", false
 }
 
 // Reason returns the ErrorInfo reason of a tokend status, or "" for a
