@@ -64,9 +64,13 @@ func (c *Channel) Invoke(ctx context.Context, method string, args, reply any, op
 	if !ok {
 		return status.Errorf(codes.Internal, "reply of type %T is not a protobuf message", reply)
 	}
+	// The caller's outgoing metadata becomes the handler's incoming
+	// metadata, and is cleared as outgoing metadata so that a handler's own
+	// calls could never forward the client's credentials. It is not copied
+	// again: FromOutgoingContext already returns a copy.
 	md, _ := metadata.FromOutgoingContext(ctx)
 	ctx = metadata.NewOutgoingContext(ctx, nil)
-	ctx = metadata.NewIncomingContext(ctx, md.Copy())
+	ctx = metadata.NewIncomingContext(ctx, md)
 	stream := &transportStream{method: method}
 	ctx = grpc.NewContextWithServerTransportStream(ctx, stream)
 
