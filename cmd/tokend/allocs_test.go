@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+
+	"github.com/tokend/tokend/gateway"
+	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
+	"github.com/tokend/tokend/service"
+	"github.com/tokend/tokend/service/auth"
+	"github.com/tokend/tokend/service/rpc"
+	"github.com/tokend/tokend/service/secret"
+	"github.com/tokend/tokend/service/store"
+	"github.com/tokend/tokend/service/token"
+	"github.com/tokend/tokend/service/usage"
+)
+
+// The stated allocation budgets of one authenticated GetToken of a token
+// reading itself, server side, without the transport (the HTTP/1.1 or
+// HTTP/2 server's own allocations are not counted). A regression past them
+// fails here; the README states them.
+const (
+	restAllocBudget = 130
+	rpcAllocBudget  = 50
+)
+
+// hotServer wires the request path as serve does, in-process.
+func hotServer(tb testing.TB) (http.Handler, *rpc.Public, createdToken) {
+	tb.Helper()
+	st, err := store.Open(filepath.Join(tb.TempDir(), "t.db"), store.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { st.Close() })
+	rec, err := usage.New(st, slog.New(slog.DiscardHandler))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	log := slog.New(slog.NewJSONHandler(discard{}, nil)) // format every line, as in production
+	public := rpc.NewPublic(rpc.Deps{Store: st, Auth: auth.New(st, rec, nil, time.Now), Usage: rec, Logger: log, Limits: service.DefaultLimits(), Now: time.Now})
+	h, err := gateway.New(context.Background(), gateway.Options{Conn: public.Local, Logger: log})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sec, err := secret.New()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tok, _, err := st.Create(token.Token{UserID: "alice", Name: "hot", SecretHash: secret.HashOf(sec), CreatedAt: time.Now()}, store.CreateOptions{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return h, public, createdToken{ID: int64(tok.ID), Secret: sec}
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+func restGet(h http.Handler, tok createdToken) int {
+	r := httptest.NewRequest(http.MethodGet, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), nil)
+	r.RemoteAddr = "127.0.0.1:40000"
+	r.Header.Set("Authorization", "Bearer "+tok.Secret)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w.Code
+}
+
+func TestRequestAllocationBudget(t *testing.T) {
+	h, public, tok := hotServer(t)
+	if code := restGet(h, tok); code != http.StatusOK {
+		t.Fatalf("REST GetToken: status %d", code)
+	}
+	rest := testing.AllocsPerRun(200, func() { restGet(h, tok) })
+	client := tokenv1.NewTokenServiceClient(public.Local)
+	ctx := metadata.NewOutgoingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+tok.Secret))
+	req := &tokenv1.GetTokenRequest{TokenId: tok.ID}
+	if _, err := client.GetToken(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	rpcAllocs := testing.AllocsPerRun(200, func() {
+		if _, err := client.GetToken(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("allocations per GetToken: REST %.0f (budget %d), interceptor chain and handler %.0f (budget %d)", rest, restAllocBudget, rpcAllocs, rpcAllocBudget)
+	if rest > restAllocBudget {
+		t.Errorf("a REST GetToken allocates %.0f times, over the budget of %d", rest, restAllocBudget)
+	}
+	if rpcAllocs > rpcAllocBudget {
+		t.Errorf("a GetToken through the interceptor chain allocates %.0f times, over the budget of %d", rpcAllocs, rpcAllocBudget)
+	}
+}
+
+func BenchmarkRESTGetToken(b *testing.B) {
+	h, _, tok := hotServer(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		if code := restGet(h, tok); code != http.StatusOK {
+			b.Fatalf("status %d", code)
+		}
+	}
+}
