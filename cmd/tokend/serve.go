@@ -92,7 +92,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	})
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", envOr(getenv, "TOKEND_DEBUG_ADDR", ""), "if set, serve expvar and pprof on this address; keep it on loopback (env TOKEND_DEBUG_ADDR)")
 	cacheEntries := envOr(getenv, "TOKEND_CACHE_ENTRIES", strconv.Itoa(store.DefaultCacheEntries))
-	fs.Func("cache-entries", "most recently authenticated tokens kept in memory, about 350 bytes each; 0 turns the cache off (env TOKEND_CACHE_ENTRIES, default "+strconv.Itoa(store.DefaultCacheEntries)+")", func(v string) error {
+	fs.Func("cache-entries", "most recently authenticated tokens kept in memory, about 500 bytes each; 0 turns the cache off (env TOKEND_CACHE_ENTRIES, default "+strconv.Itoa(store.DefaultCacheEntries)+")", func(v string) error {
 		cacheEntries = v
 		return nil
 	})
