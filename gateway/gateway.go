@@ -6,6 +6,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -38,6 +39,9 @@ type Options struct {
 	// MaxBodyBytes caps request bodies (413 beyond it); zero means
 	// DefaultMaxBodyBytes.
 	MaxBodyBytes int64
+	// Ready reports whether the server can serve requests (its database
+	// open and writable), for /readyz; nil means always ready.
+	Ready func(context.Context) error
 }
 
 // DefaultMaxBodyBytes is the default cap on request bodies: the largest
@@ -83,6 +87,7 @@ func New(ctx context.Context, opts Options) (http.Handler, error) {
 		return nil, err
 	}
 	spec := getOnly(openAPIHandler())
+	healthz, readyz := getOnly(probe(nil, opts.Logger)), getOnly(probe(opts.Ready, opts.Logger))
 	docs = getOnly(docs)
 	api := rt.checkBody(maxBody, mux)
 	// Exact paths, not an http.ServeMux: its path cleaning would answer
@@ -93,11 +98,38 @@ func New(ctx context.Context, opts Options) (http.Handler, error) {
 			spec.ServeHTTP(w, r)
 		case "/docs":
 			docs.ServeHTTP(w, r)
+		case "/healthz":
+			healthz.ServeHTTP(w, r)
+		case "/readyz":
+			readyz.ServeHTTP(w, r)
 		default:
 			api.ServeHTTP(w, r)
 		}
 	})
 	return edge(opts.Logger, rt, root), nil
+}
+
+// probe answers a health probe: 200 {"status":"ok"} when check (if any)
+// passes, else a 503 problem whose cause is logged, not sent. Probes need no
+// token: they say nothing about any.
+func probe(check func(context.Context) error, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if check != nil {
+			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			defer cancel()
+			if err := check(ctx); err != nil {
+				attrs := []any{slog.String("error", err.Error())}
+				if ri := request.FromContext(r.Context()); ri != nil {
+					attrs = append(attrs, slog.String("trace_id", ri.TraceID))
+				}
+				log.WarnContext(r.Context(), "not ready", attrs...)
+				writeProblem(w, r, http.StatusServiceUnavailable, "The server is not ready to serve requests.")
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"status":"ok"}`)
+	})
 }
 
 // getOnly answers methods other than GET and HEAD with a 405 problem.

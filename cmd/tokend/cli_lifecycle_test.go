@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -258,5 +259,15 @@ func TestLifecycleCLIMissingDatabase(t *testing.T) {
 		cliMustFail(t, []string{db}, args...)
 		cliAssertNotExist(t, db)
 		cliAssertNotExist(t, socketPath(db))
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, _, err := cli(t, "version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out, "tokend ") || !strings.Contains(out, runtime.Version()) {
+		t.Errorf("tokend version = %q, want tokend, a version and %s", out, runtime.Version())
 	}
 }

@@ -68,7 +68,7 @@ var openAPIContract = sync.OnceValues(func() (*apiContract, error) {
 
 // Paths that the server answers outside the API's operations: the
 // document itself and its HTML rendering.
-var outsideContract = []string{"/openapi.json", "/docs"}
+var outsideContract = []string{"/openapi.json", "/docs", "/healthz", "/readyz"}
 
 var contractTraceID = regexp.MustCompile(`^[0-9a-f]{32}$`)
 

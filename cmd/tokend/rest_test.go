@@ -431,3 +431,13 @@ func headerKeys(h http.Header) []string {
 	slices.Sort(keys)
 	return keys
 }
+
+func TestRESTProbesNeedNoToken(t *testing.T) {
+	s := startServer(t, "")
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, body := s.get(t, path)
+		if resp.StatusCode != http.StatusOK || string(body) != `{"status":"ok"}` {
+			t.Errorf("GET %s = %d %s, want 200 {\"status\":\"ok\"}", path, resp.StatusCode, body)
+		}
+	}
+}

@@ -22,6 +22,7 @@ Usage:
   tokend token update --user USER [--name NAME] [--allowed-ip IP_OR_CIDR]... [--clear-allowed-ips] [--json] ID
   tokend token rotate --user USER [--grace-period DURATION] [--json] ID
   tokend token revoke --user USER [--json] ID
+  tokend version                              print the version and build information
 
 Every command takes --db PATH (env TOKEND_DB, default tokend.db). The token
 commands talk to a running server over its owner-only socket PATH.sock, or
@@ -41,6 +42,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runServe(ctx, args[1:], getenv, stderr, nil)
 	case "token":
 		return runToken(ctx, args[1:], getenv, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, versionString())
+		return nil
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usageText)
 		return nil

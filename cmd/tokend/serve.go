@@ -210,7 +210,7 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 	}
 	public := rpc.NewPublic(deps)
 	admin, _ := rpc.NewAdmin(deps)
-	api, err := gateway.New(ctx, gateway.Options{Conn: public.Local, Logger: log, MaxBodyBytes: cfg.MaxBodyBytes})
+	api, err := gateway.New(ctx, gateway.Options{Conn: public.Local, Logger: log, MaxBodyBytes: cfg.MaxBodyBytes, Ready: st.CheckWritable})
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"encoding/binary"
 	"encoding/json"
@@ -192,6 +193,20 @@ func migrate(tx *bolt.Tx, from byte) error {
 		}
 	}
 	return nil
+}
+
+// CheckWritable commits a small write (the time of the check, in the meta
+// bucket), proving the file is open and the disk takes writes. Readiness
+// probes use it; it costs one fsync.
+func (s *Store) CheckWritable(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], uint64(time.Now().Unix()))
+		return tx.Bucket(bucketMeta).Put([]byte("ready_check"), b[:])
+	})
 }
 
 // Close closes the database file.
