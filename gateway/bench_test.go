@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -26,13 +25,14 @@ func benchToken() *tokenv1.GetTokenResponse {
 // rewrite into the contract's shape and its JSON encoding.
 func BenchmarkTokenJSON(b *testing.B) {
 	resp := benchToken()
+	m := newRESTMarshaler()
 	b.ReportAllocs()
 	for b.Loop() {
 		v, err := rewriteResponse(context.Background(), resp)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := json.Marshal(v); err != nil {
+		if _, err := m.Marshal(v); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -70,6 +70,7 @@ func New(ctx context.Context, opts Options) (http.Handler, error) {
 		// Nor may a form POST stand in for a GET: the route table and
 		// Allow say which methods a path takes, and nothing else runs.
 		runtime.WithDisablePathLengthFallback(),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, newRESTMarshaler()),
 		runtime.WithForwardResponseRewriter(rewriteResponse),
 		runtime.WithForwardResponseOption(forwardResponse),
 		runtime.WithErrorHandler(handleError),

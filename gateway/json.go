@@ -99,11 +99,11 @@ type tokenList struct {
 func rewriteResponse(_ context.Context, resp proto.Message) (any, error) {
 	switch m := resp.(type) {
 	case *tokenv1.GetTokenResponse:
-		return envelope[Token]{Data: TokenJSON(m.GetToken())}, nil
+		return tokenEnvelope(m.GetToken()), nil
 	case *tokenv1.GetCurrentTokenResponse:
-		return envelope[Token]{Data: TokenJSON(m.GetToken())}, nil
+		return tokenEnvelope(m.GetToken()), nil
 	case *tokenv1.UpdateTokenResponse:
-		return envelope[Token]{Data: TokenJSON(m.GetToken())}, nil
+		return tokenEnvelope(m.GetToken()), nil
 	case *tokenv1.CreateTokenResponse:
 		return envelope[createdToken]{Data: createdToken{Token: TokenJSON(m.GetToken()), Secret: m.GetSecret()}}, nil
 	case *tokenv1.RotateTokenResponse:

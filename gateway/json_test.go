@@ -21,9 +21,10 @@ func rewriteJSON(t *testing.T, m proto.Message) string {
 	if err != nil {
 		t.Fatalf("rewriteResponse(%T) = %v", m, err)
 	}
-	b, err := json.Marshal(v)
+	// The gateway's marshaler, as the server uses it.
+	b, err := newRESTMarshaler().Marshal(v)
 	if err != nil {
-		t.Fatalf("json.Marshal = %v", err)
+		t.Fatalf("Marshal = %v", err)
 	}
 	return string(b)
 }
