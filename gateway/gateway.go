@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
@@ -153,15 +151,22 @@ func edge(log *slog.Logger, rt *router, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ri := &request.Info{TraceID: request.TraceID(r.Header.Get("Traceparent"))}
-		ctx := request.NewContext(r.Context(), ri)
 		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-			ri.Client = ap.Addr().Unmap()
-			ctx = peer.NewContext(ctx, &peer.Peer{Addr: net.TCPAddrFromAddrPort(ap)})
+			// The TCP peer reaches authentication through the Info, which
+			// only this edge creates, not through gRPC metadata.
+			ri.Peer = ap.Addr().Unmap()
+			ri.Client = ri.Peer
 		}
+		ctx := request.NewContext(r.Context(), ri)
 		r = r.WithContext(ctx)
 		sw := &statusWriter{ResponseWriter: w}
-		sw.Header().Set(TraceHeader, ri.TraceID)
-		sw.Header().Set("Cache-Control", "no-store")
+		// Both header values in one allocation; they are set on every
+		// response, so it shows.
+		vals := make([]string, 2)
+		vals[0], vals[1] = ri.TraceID, "no-store"
+		h := sw.Header()
+		h[TraceHeader] = vals[0:1:1]
+		h["Cache-Control"] = vals[1:2:2]
 		defer func() {
 			if p := recover(); p != nil {
 				if p == http.ErrAbortHandler {
@@ -172,15 +177,16 @@ func edge(log *slog.Logger, rt *router, next http.Handler) http.Handler {
 					writeProblem(sw, r, http.StatusInternalServerError, detailInternal)
 				}
 			}
-			attrs := []slog.Attr{
+			attrs := make([]slog.Attr, 0, 10)
+			attrs = append(attrs,
 				slog.String("trace_id", ri.TraceID),
 				slog.String("transport", "http"),
 				slog.String("method", r.Method),
 				slog.String("route", rt.routeOf(r)),
 				slog.Int("status", sw.code()),
 				slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
-			}
-			attrs = append(attrs, rpc.CallerAttrs(ri)...)
+			)
+			attrs = rpc.AppendCallerAttrs(attrs, ri)
 			log.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
 		}()
 		next.ServeHTTP(sw, r)

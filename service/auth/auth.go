@@ -207,8 +207,12 @@ func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) gr
 			return handler(ctx, req)
 		}
 		md, _ := metadata.FromIncomingContext(ctx)
-		client := a.ClientAddr(PeerAddr(ctx), md.Get("x-forwarded-for"))
 		ri := request.FromContext(ctx)
+		peerAddr := PeerAddr(ctx)
+		if ri != nil && ri.Peer.IsValid() {
+			peerAddr = ri.Peer // the HTTP edge's TCP peer, for calls through the gateway
+		}
+		client := a.ClientAddr(peerAddr, md.Get("x-forwarded-for"))
 		if ri != nil {
 			ri.Client = client
 		}

@@ -18,6 +18,10 @@ type Info struct {
 	// TraceID is 32 lowercase hex digits, from an incoming W3C traceparent
 	// or freshly drawn.
 	TraceID string
+	// Peer is the transport peer's address (the TCP peer of the HTTP or
+	// gRPC connection), set by the edge. Only tokend's own edges create an
+	// Info, so nothing a client sends can set it.
+	Peer netip.Addr
 	// Client is the client address as derived by authentication (the TCP
 	// peer, or a forwarded address from a trusted proxy).
 	Client netip.Addr

@@ -130,7 +130,8 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 		if v := md.Get("traceparent"); len(v) == 1 {
 			tp = v[0]
 		}
-		ri := &request.Info{TraceID: request.TraceID(tp), Client: auth.PeerAddr(ctx)}
+		peerAddr := auth.PeerAddr(ctx)
+		ri := &request.Info{TraceID: request.TraceID(tp), Peer: peerAddr, Client: peerAddr}
 		ctx = request.NewContext(ctx, ri)
 		_ = grpc.SetHeader(ctx, metadata.Pairs(TraceHeader, ri.TraceID))
 		resp, err := handler(ctx, req)
@@ -143,16 +144,15 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 			slog.String("code", status.Code(err).String()),
 			slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
 		}
-		attrs = append(attrs, CallerAttrs(ri)...)
+		attrs = AppendCallerAttrs(attrs, ri)
 		log.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
 		return resp, err
 	}
 }
 
-// CallerAttrs are the log attributes that describe who made a request; the
+// AppendCallerAttrs appends the log attributes that describe who made a request; the
 // gateway's log line uses them too, so both transports log callers alike.
-func CallerAttrs(ri *request.Info) []slog.Attr {
-	var attrs []slog.Attr
+func AppendCallerAttrs(attrs []slog.Attr, ri *request.Info) []slog.Attr {
 	if ri.Client.IsValid() {
 		attrs = append(attrs, slog.String("client", ri.Client.String()))
 	}
