@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -44,50 +43,8 @@ const (
 // crashServeFlags are the flags of every server in TestCrashKill9. The
 // live-token limit is lifted so that the creator is never refused with a 409.
 var crashServeFlags = []string{
-	"--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0",
 	"--usage-flush-interval", crashFlushInterval.String(),
 	"--max-tokens-per-user", "0",
-}
-
-// crashStart is procStart with crashServeFlags.
-func crashStart(t *testing.T, bin, db string) *procServer {
-	t.Helper()
-	p := &procServer{stderr: &syncBuffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(bin, append([]string{"serve", "--db", db}, crashServeFlags...)...)
-	p.cmd.Env = procEnv()
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.done <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		select {
-		case err := <-p.done:
-			p.done <- err
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if line, ok := procLogLine(p.stderr.String(), "tokend listening"); ok {
-			p.http, _ = line["http"].(string)
-			p.grpc, _ = line["grpc"].(string)
-			if p.http == "" {
-				t.Fatalf("listening line lacks http: %v", line)
-			}
-			return p
-		}
-		select {
-		case err := <-p.done:
-			p.done <- err
-			t.Fatalf("tokend serve exited before listening: %v\nstderr:\n%s", err, p.stderr)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	t.Fatalf("tokend serve did not log \"tokend listening\" within 10s\nstderr:\n%s", p.stderr)
-	return nil
 }
 
 // crashDo sends one request and reads the whole answer. An error means the
@@ -163,7 +120,7 @@ func TestCrashKill9(t *testing.T) {
 	db := filepath.Join(dir, "tokend.db")
 	const user = "alice"
 
-	srv := crashStart(t, bin, db)
+	srv := procStart(t, bin, db, crashServeFlags...)
 	out, errOut, code := procRun(t, bin, "token", "create", "--db", db, "--user", user, "--name", "bootstrap", "--json")
 	if code != 0 {
 		t.Fatalf("token create exited %d: %s", code, errOut)
@@ -400,7 +357,7 @@ func TestCrashKill9(t *testing.T) {
 
 	// 4. The killed server's file serves again, counting on from disk, and
 	// a graceful stop flushes.
-	srv2 := crashStart(t, bin, db)
+	srv2 := procStart(t, bin, db, crashServeFlags...)
 	status, body := procGet(t, srv2.http, fmt.Sprintf("/api/v1/me/tokens/%d", readers[0].ID), readers[0].Secret)
 	if status != http.StatusOK {
 		t.Fatalf("GET after restart: status %d, body %s", status, body)

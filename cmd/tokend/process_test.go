@@ -62,10 +62,11 @@ type procServer struct {
 
 // procStart starts `tokend serve` on db and waits for its "tokend
 // listening" log line, from which it learns the bound addresses.
-func procStart(t *testing.T, bin, db string) *procServer {
+func procStart(t *testing.T, bin, db string, extra ...string) *procServer {
 	t.Helper()
 	p := &procServer{stderr: &syncBuffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(bin, "serve", "--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0")
+	args := append([]string{"serve", "--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"}, extra...)
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = procEnv()
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
