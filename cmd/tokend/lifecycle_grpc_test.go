@@ -472,3 +472,20 @@ func TestLifecycleGRPCRotateAndCurrent(t *testing.T) {
 		}
 	})
 }
+
+// TestGRPCMessageSizeLimit checks that a request over the receive limit is
+// refused with ResourceExhausted before any handler runs.
+func TestGRPCMessageSizeLimit(t *testing.T) {
+	s := startServer(t, "")
+	tok := createToken(t, s.db, "alice", "size")
+	ctx := metadata.NewOutgoingContext(testCtx(t), metadata.Pairs("authorization", "Bearer "+tok.Secret))
+	big := strings.Repeat("x", 100<<10)
+	_, err := s.grpcClient().CreateToken(ctx, &tokenv1.CreateTokenRequest{Name: big})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a 100 KiB request: %v, want ResourceExhausted", err)
+	}
+	out, _, err := cli(t, "token", "list", "--db", s.db, "--user", "alice", "--json")
+	if err != nil || strings.Count(out, `"id"`) != 1 {
+		t.Errorf("after the refused request alice has: %s (%v), want only the bootstrap token", out, err)
+	}
+}

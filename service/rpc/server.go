@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
@@ -42,8 +43,64 @@ type Deps struct {
 	Usage *usage.Recorder
 	// Limits bound what users may ask for.
 	Limits service.Limits
+	// Server bounds what one call or connection may cost the server.
+	Server ServerLimits
 	// Now is the clock; time.Now in production.
 	Now func() time.Time
+}
+
+// ServerLimits bound what one call or connection may cost the server.
+type ServerLimits struct {
+	// MaxRecvMsgBytes caps a request message (ResourceExhausted beyond).
+	MaxRecvMsgBytes int
+	// MaxConcurrentStreams caps the calls in flight on one connection.
+	MaxConcurrentStreams uint32
+	// MaxCallDuration caps every call's deadline, whatever the client asks
+	// for (its own deadline, or the gateway's Grpc-Timeout header): a call
+	// that reaches it ends with DeadlineExceeded (REST: 504).
+	MaxCallDuration time.Duration
+}
+
+// DefaultServerLimits are the limits of a server started without flags.
+// The largest valid request is under 4 KiB.
+func DefaultServerLimits() ServerLimits {
+	return ServerLimits{MaxRecvMsgBytes: 64 << 10, MaxConcurrentStreams: 100, MaxCallDuration: 10 * time.Second}
+}
+
+func (l ServerLimits) orDefault() ServerLimits {
+	def := DefaultServerLimits()
+	if l.MaxRecvMsgBytes <= 0 {
+		l.MaxRecvMsgBytes = def.MaxRecvMsgBytes
+	}
+	if l.MaxConcurrentStreams == 0 {
+		l.MaxConcurrentStreams = def.MaxConcurrentStreams
+	}
+	if l.MaxCallDuration <= 0 {
+		l.MaxCallDuration = def.MaxCallDuration
+	}
+	return l
+}
+
+// serverOptions are the transport limits of a network gRPC server:
+// message size, streams per connection, and keepalive enforcement, so an
+// idle or pinging client cannot hold resources forever.
+func serverOptions(l ServerLimits) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(l.MaxRecvMsgBytes),
+		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+	}
+}
+
+// deadlineInterceptor caps every call at max: the call's context ends at
+// the earlier of the client's deadline and now+max.
+func deadlineInterceptor(max time.Duration) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, max)
+		defer cancel()
+		return handler(ctx, req)
+	}
 }
 
 // Public is the public API: the network gRPC server, the in-process channel
@@ -56,16 +113,19 @@ type Public struct {
 
 // NewPublic builds the public gRPC server with TokenService, health and
 // reflection, and an in-process Channel to TokenService. Both run one chain:
-// request edge (trace id, log line) → error mapping → panic recovery →
-// authentication (skipped for health and reflection) → handler.
+// request edge (trace id, log line) → error mapping → deadline cap → panic
+// recovery → authentication (skipped for health and reflection) → handler.
 func NewPublic(d Deps, opts ...grpc.ServerOption) *Public {
+	limits := d.Server.orDefault()
 	interceptors := []grpc.UnaryServerInterceptor{
 		edgeInterceptor(d.Logger),
 		errorInterceptor(d.Logger),
+		deadlineInterceptor(limits.MaxCallDuration),
 		recoverInterceptor(),
 		d.Auth.UnaryInterceptor(isPublicMethod),
 	}
-	srv := grpc.NewServer(append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(interceptors...)}, opts...)...)
+	opts = append(append(serverOptions(limits), grpc.ChainUnaryInterceptor(interceptors...)), opts...)
+	srv := grpc.NewServer(opts...)
 	tokens := service.NewTokenService(service.NewTokens(d.Store, d.Usage, d.Limits, d.Now), d.Now)
 	tokenv1.RegisterTokenServiceServer(srv, tokens)
 	hs := health.NewServer()
