@@ -43,9 +43,18 @@ type serveConfig struct {
 	FlushInterval time.Duration
 	// CacheEntries bounds the cache of recently authenticated tokens.
 	CacheEntries int
+	// HTTP bounds what one REST connection may cost the server.
+	HTTP httpLimits
 	// DebugAddr, if set, serves expvar (/debug/vars, with memstats) and
 	// pprof (/debug/pprof/) there, for benchmarks and profiling.
 	DebugAddr string
+}
+
+// httpLimits are the REST server's timeouts and header cap: a client that
+// sends its headers slowly, or never reads, cannot hold a connection.
+type httpLimits struct {
+	ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	MaxHeaderBytes                                            int
 }
 
 // listening reports where a started server listens; tests use it to find
@@ -91,6 +100,28 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		return nil
 	})
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", envOr(getenv, "TOKEND_DEBUG_ADDR", ""), "if set, serve expvar and pprof on this address; keep it on loopback (env TOKEND_DEBUG_ADDR)")
+	durations := []struct {
+		flag, env, def, help string
+		dst                  *time.Duration
+	}{
+		{"http-read-header-timeout", "TOKEND_HTTP_READ_HEADER_TIMEOUT", "5s", "how long a client may take to send its request headers", &cfg.HTTP.ReadHeaderTimeout},
+		{"http-read-timeout", "TOKEND_HTTP_READ_TIMEOUT", "15s", "how long a client may take to send a whole request", &cfg.HTTP.ReadTimeout},
+		{"http-write-timeout", "TOKEND_HTTP_WRITE_TIMEOUT", "30s", "how long writing a response may take", &cfg.HTTP.WriteTimeout},
+		{"http-idle-timeout", "TOKEND_HTTP_IDLE_TIMEOUT", "2m", "how long an idle keep-alive connection stays open", &cfg.HTTP.IdleTimeout},
+	}
+	raw := make([]string, len(durations))
+	for i, d := range durations {
+		raw[i] = envOr(getenv, d.env, d.def)
+		fs.Func(d.flag, d.help+" (env "+d.env+", default "+d.def+")", func(v string) error {
+			raw[i] = v
+			return nil
+		})
+	}
+	maxHeader := envOr(getenv, "TOKEND_HTTP_MAX_HEADER_BYTES", "32768")
+	fs.Func("http-max-header-bytes", "largest request header block; larger gets 431 (env TOKEND_HTTP_MAX_HEADER_BYTES, default 32768)", func(v string) error {
+		maxHeader = v
+		return nil
+	})
 	cacheEntries := envOr(getenv, "TOKEND_CACHE_ENTRIES", strconv.Itoa(store.DefaultCacheEntries))
 	fs.Func("cache-entries", "most recently authenticated tokens kept in memory, about 500 bytes each; 0 turns the cache off (env TOKEND_CACHE_ENTRIES, default "+strconv.Itoa(store.DefaultCacheEntries)+")", func(v string) error {
 		cacheEntries = v
@@ -107,6 +138,14 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	}
 	if len(pos) > 0 {
 		return cfg, fmt.Errorf("%w: serve takes no arguments, got %q", errUsage, pos[0])
+	}
+	for i, d := range durations {
+		if *d.dst, err = time.ParseDuration(raw[i]); err != nil || *d.dst <= 0 {
+			return cfg, fmt.Errorf("%w: --%s must be a positive duration, got %q", errUsage, d.flag, raw[i])
+		}
+	}
+	if cfg.HTTP.MaxHeaderBytes, err = strconv.Atoi(maxHeader); err != nil || cfg.HTTP.MaxHeaderBytes < 4096 {
+		return cfg, fmt.Errorf("%w: --http-max-header-bytes must be a whole number of at least 4096, got %q", errUsage, maxHeader)
 	}
 	if cfg.CacheEntries, err = strconv.Atoi(cacheEntries); err != nil || cfg.CacheEntries < 0 {
 		return cfg, fmt.Errorf("%w: --cache-entries must be a whole number, got %q", errUsage, cacheEntries)
@@ -216,11 +255,11 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 	}
 	httpSrv := &http.Server{
 		Handler:           api,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    32 << 10,
+		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout,
+		ReadTimeout:       cfg.HTTP.ReadTimeout,
+		WriteTimeout:      cfg.HTTP.WriteTimeout,
+		IdleTimeout:       cfg.HTTP.IdleTimeout,
+		MaxHeaderBytes:    cfg.HTTP.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 
