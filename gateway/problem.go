@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -114,6 +115,9 @@ func handleError(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w 
 	if reason == "" {
 		detail = libraryDetail(st)
 	}
+	if retry := retryAfter(st); retry > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(retry))
+	}
 	if code == http.StatusUnauthorized {
 		// RFC 6750 §3: error="invalid_token" only when a token was presented.
 		challenge := `Bearer realm="tokend"`
@@ -123,6 +127,18 @@ func handleError(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w 
 		w.Header().Set("WWW-Authenticate", challenge)
 	}
 	writeProblem(w, r, code, detail, fieldErrors(st)...)
+}
+
+// retryAfter is the whole seconds (rounded up) of a status's RetryInfo, or
+// 0 without one.
+func retryAfter(st *status.Status) int {
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			ns := ri.GetRetryDelay().AsDuration().Nanoseconds()
+			return int((ns + 1e9 - 1) / 1e9)
+		}
+	}
+	return 0
 }
 
 // fieldErrors lists the field violations of a tokend status.

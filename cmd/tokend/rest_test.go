@@ -7,10 +7,17 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 )
 
 // fixture is a server with tokens in every state, shared by a test's
@@ -439,5 +446,42 @@ func TestRESTProbesNeedNoToken(t *testing.T) {
 		if resp.StatusCode != http.StatusOK || string(body) != `{"status":"ok"}` {
 			t.Errorf("GET %s = %d %s, want 200 {\"status\":\"ok\"}", path, resp.StatusCode, body)
 		}
+	}
+}
+
+func TestRESTFailedAuthenticationsAreThrottled(t *testing.T) {
+	s := startServer(t, "", "--trusted-proxy", "127.0.0.0/8", "--auth-failure-limit", "5", "--auth-failure-window", "1m")
+	good := createToken(t, s.db, "alice", "good")
+	path := fmt.Sprintf("/api/v1/me/tokens/%d", good.ID)
+	attacker := "X-Forwarded-For: 198.51.100.66"
+	for i := range 5 {
+		resp, body := s.get(t, path, bearer(mustSecret(t)), attacker)
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("guess %d: status %d, want 401; %s", i, resp.StatusCode, body)
+		}
+	}
+	resp, body := s.get(t, path, bearer(good.Secret), attacker)
+	p := problemOf(t, resp, body)
+	if resp.StatusCode != http.StatusTooManyRequests || p.Title != "Too Many Requests" {
+		t.Fatalf("after 5 failures: status %d, want 429; %s", resp.StatusCode, body)
+	}
+	if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || ra < 1 || ra > 60 {
+		t.Errorf("Retry-After = %q, want 1-60 seconds", resp.Header.Get("Retry-After"))
+	}
+	// A client at another address is not affected, and its request counts.
+	resp, body = s.get(t, path, bearer(good.Secret), "X-Forwarded-For: 198.51.100.7")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("another client: status %d, want 200; %s", resp.StatusCode, body)
+	}
+	// The throttled request counted nothing: only the 200 above did.
+	if got := decodeObject(t, body)["data"].(map[string]any)["usage_count"]; got != json.Number("1") {
+		t.Errorf("usage_count = %v, want 1", got)
+	}
+	// The throttle keys on the derived client address, whatever the
+	// transport: the same client is refused over gRPC too.
+	_, err := s.grpcClient().GetToken(metadata.NewOutgoingContext(testCtx(t), metadata.Pairs(
+		"authorization", "Bearer "+good.Secret, "x-forwarded-for", "198.51.100.66")), &tokenv1.GetTokenRequest{TokenId: good.ID})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("gRPC from the throttled address: %v, want ResourceExhausted", err)
 	}
 }

@@ -45,6 +45,10 @@ type serveConfig struct {
 	CacheEntries int
 	// HTTP bounds what one REST connection may cost the server.
 	HTTP httpLimits
+	// AuthFailureLimit failed authentications per AuthFailureWindow from
+	// one client address get it refused (429) for the rest of the window.
+	AuthFailureLimit  int
+	AuthFailureWindow time.Duration
 	// DebugAddr, if set, serves expvar (/debug/vars, with memstats) and
 	// pprof (/debug/pprof/) there, for benchmarks and profiling.
 	DebugAddr string
@@ -122,6 +126,16 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		maxHeader = v
 		return nil
 	})
+	failLimit := envOr(getenv, "TOKEND_AUTH_FAILURE_LIMIT", "20")
+	fs.Func("auth-failure-limit", "failed authentications one client address may make per window before it gets 429; 0 turns throttling off (env TOKEND_AUTH_FAILURE_LIMIT, default 20)", func(v string) error {
+		failLimit = v
+		return nil
+	})
+	failWindow := envOr(getenv, "TOKEND_AUTH_FAILURE_WINDOW", "1m")
+	fs.Func("auth-failure-window", "the window of --auth-failure-limit (env TOKEND_AUTH_FAILURE_WINDOW, default 1m)", func(v string) error {
+		failWindow = v
+		return nil
+	})
 	cacheEntries := envOr(getenv, "TOKEND_CACHE_ENTRIES", strconv.Itoa(store.DefaultCacheEntries))
 	fs.Func("cache-entries", "most recently authenticated tokens kept in memory, about 500 bytes each; 0 turns the cache off (env TOKEND_CACHE_ENTRIES, default "+strconv.Itoa(store.DefaultCacheEntries)+")", func(v string) error {
 		cacheEntries = v
@@ -146,6 +160,12 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	}
 	if cfg.HTTP.MaxHeaderBytes, err = strconv.Atoi(maxHeader); err != nil || cfg.HTTP.MaxHeaderBytes < 4096 {
 		return cfg, fmt.Errorf("%w: --http-max-header-bytes must be a whole number of at least 4096, got %q", errUsage, maxHeader)
+	}
+	if cfg.AuthFailureLimit, err = strconv.Atoi(failLimit); err != nil || cfg.AuthFailureLimit < 0 {
+		return cfg, fmt.Errorf("%w: --auth-failure-limit must be a whole number, got %q", errUsage, failLimit)
+	}
+	if cfg.AuthFailureWindow, err = time.ParseDuration(failWindow); err != nil || cfg.AuthFailureWindow <= 0 {
+		return cfg, fmt.Errorf("%w: --auth-failure-window must be a positive duration, got %q", errUsage, failWindow)
 	}
 	if cfg.CacheEntries, err = strconv.Atoi(cacheEntries); err != nil || cfg.CacheEntries < 0 {
 		return cfg, fmt.Errorf("%w: --cache-entries must be a whole number, got %q", errUsage, cacheEntries)
@@ -240,8 +260,9 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 		}
 	}()
 	deps := rpc.Deps{
-		Store:  st,
-		Auth:   auth.New(st, rec, cfg.TrustedProxies, time.Now),
+		Store: st,
+		Auth: auth.New(st, rec, cfg.TrustedProxies, time.Now).
+			WithThrottle(auth.NewThrottle(cfg.AuthFailureLimit, cfg.AuthFailureWindow, 100_000)),
 		Usage:  rec,
 		Logger: log,
 		Limits: cfg.Limits,

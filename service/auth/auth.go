@@ -70,10 +70,11 @@ type UsageRecorder interface {
 // Authenticator checks bearer secrets against the store and counts each
 // successful use.
 type Authenticator struct {
-	store   *store.Store
-	usage   UsageRecorder
-	proxies []netip.Prefix
-	now     func() time.Time
+	throttle *Throttle
+	store    *store.Store
+	usage    UsageRecorder
+	proxies  []netip.Prefix
+	now      func() time.Time
 }
 
 // New returns an Authenticator that looks secrets up in st and counts uses
@@ -82,6 +83,13 @@ type Authenticator struct {
 // the clock (time.Now in production).
 func New(st *store.Store, usage UsageRecorder, trustedProxies []netip.Prefix, now func() time.Time) *Authenticator {
 	return &Authenticator{store: st, usage: usage, proxies: trustedProxies, now: now}
+}
+
+// WithThrottle makes the interceptor refuse clients that t says have
+// failed too often, and count their failures; it returns a.
+func (a *Authenticator) WithThrottle(t *Throttle) *Authenticator {
+	a.throttle = t
+	return a
 }
 
 // Authenticate checks the values of the authorization header (or metadata)
@@ -216,8 +224,18 @@ func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) gr
 		if ri != nil {
 			ri.Client = client
 		}
+		if err := a.throttle.Check(client, a.now()); err != nil {
+			if ri != nil {
+				ri.Failure = err.Error()
+			}
+			return nil, err
+		}
 		p, err := a.Authenticate(md.Get("authorization"), client)
 		if err != nil {
+			if errors.Is(err, ErrInvalidToken) {
+				// A refused token is a guess; no credentials at all is not.
+				a.throttle.Fail(client, a.now())
+			}
 			if ri != nil {
 				ri.Failure = err.Error()
 			}

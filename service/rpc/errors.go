@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tokend/tokend/service/auth"
 	"github.com/tokend/tokend/service/request"
@@ -29,6 +30,7 @@ const (
 	ReasonNotFound           = "NOT_FOUND"
 	ReasonInvalidArgument    = "INVALID_ARGUMENT"
 	ReasonConflict           = "CONFLICT"
+	ReasonThrottled          = "TOO_MANY_FAILURES"
 	ReasonInternal           = "INTERNAL"
 )
 
@@ -69,6 +71,15 @@ func toStatus(err error) *status.Status {
 		return newStatus(codes.Unauthenticated, ReasonMissingCredentials, msgMissingCredentials)
 	case errors.Is(err, auth.ErrInvalidToken):
 		return newStatus(codes.Unauthenticated, ReasonInvalidToken, msgInvalidToken)
+	case errors.Is(err, auth.ErrThrottled):
+		st := newStatus(codes.ResourceExhausted, ReasonThrottled, "Too many failed authentications from this address; retry later")
+		var te *auth.ThrottledError
+		if errors.As(err, &te) {
+			if withRetry, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(te.RetryAfter)}); err == nil {
+				st = withRetry
+			}
+		}
+		return st
 	case errors.Is(err, token.ErrNotFound):
 		return newStatus(codes.NotFound, ReasonNotFound, msgTokenNotFound)
 	case errors.Is(err, token.ErrUserNotFound):
