@@ -96,6 +96,15 @@ func startServer(t *testing.T, db string, extra ...string) *testServer {
 		if err := s.stop(); err != nil {
 			t.Errorf("server stop: %v", err)
 		}
+		// Every end-to-end test's whole server log, after every request it
+		// made, must hold no secret (they all start with the prefix) and no
+		// Authorization value.
+		logs := s.logs.String()
+		for _, leak := range []string{secret.Prefix, "Bearer "} {
+			if strings.Contains(logs, leak) {
+				t.Errorf("the server log contains %q:\n%s", leak, logs)
+			}
+		}
 	})
 	return s
 }
