@@ -270,7 +270,14 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 	}
 	public := rpc.NewPublic(deps)
 	admin, _ := rpc.NewAdmin(deps)
-	api, err := gateway.New(ctx, gateway.Options{Conn: public.Local, Logger: log, MaxBodyBytes: cfg.MaxBodyBytes, Ready: st.CheckWritable})
+	api, err := gateway.New(ctx, gateway.Options{Conn: public.Local, Logger: log, MaxBodyBytes: cfg.MaxBodyBytes, Ready: func(ctx context.Context) error {
+		// Not ready while usage counts cannot be written (they wait in
+		// memory, and a crash would lose them), nor if the file takes no write.
+		if err := rec.Err(); err != nil {
+			return fmt.Errorf("usage flush failing: %w", err)
+		}
+		return st.CheckWritable(ctx)
+	}})
 	if err != nil {
 		return err
 	}

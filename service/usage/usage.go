@@ -49,6 +49,7 @@ type Recorder struct {
 	batch    uint64           // number of the in-flight or, if none, last batch
 	gen      uint64           // counts committed flushes; see Fresh
 	failures uint64
+	lastErr  error // of the last flush; nil once one succeeds
 
 	flushMu sync.Mutex // one flush at a time
 }
@@ -173,12 +174,22 @@ func (r *Recorder) Flush() error {
 			r.pending[id] = p
 		}
 		r.failures++
+		r.lastErr = err
 	} else {
 		r.gen++
+		r.lastErr = nil
 	}
 	clear(deltas)
 	r.spare, r.inflight = deltas, nil
 	return err
+}
+
+// Err returns the error of the last flush if it failed, so readiness can
+// report that counts are piling up in memory; nil once a flush succeeds.
+func (r *Recorder) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastErr
 }
 
 // Failures returns how many flushes have failed, for metrics.

@@ -485,6 +485,11 @@ func TestApplySinceRefusesCopyOlderThanFlush(t *testing.T) {
 		t.Fatalf("failing Flush = %v", err)
 	}
 	fs.failing.Store(false)
+	defer func() {
+		if err := r.Err(); err != nil {
+			t.Errorf("Err() after a successful flush = %v, want nil", err)
+		}
+	}()
 	copy1 := read
 	applySince(t, r, &copy1, gen)
 	checkUsage(t, "copy read before a failed flush", copy1, 5, t0)
@@ -732,6 +737,9 @@ func TestFailedFlushKeepsUses(t *testing.T) {
 	}
 	if got := r.Pending(); got != 5 {
 		t.Errorf("Pending() after failed flush = %d, want 5", got)
+	}
+	if err := r.Err(); !errors.Is(err, errDisk) {
+		t.Errorf("Err() after a failed flush = %v, want %v (readiness reports it)", err, errDisk)
 	}
 	checkUsage(t, "a after failed flush", merged(t, st, r, a), 5, t0.Add(time.Second))
 	checkUsage(t, "b after failed flush", merged(t, st, r, b), 1, t0.Add(2*time.Second))
