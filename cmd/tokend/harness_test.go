@@ -123,28 +123,7 @@ func (s *testServer) get(t *testing.T, path string, headers ...string) (*http.Re
 
 func (s *testServer) do(t *testing.T, method, path string, headers ...string) (*http.Response, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, "http://"+s.addrs.HTTP+path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, h := range headers {
-		k, v, ok := strings.Cut(h, ": ")
-		if !ok {
-			t.Fatalf("bad header %q", h)
-		}
-		req.Header.Add(k, v)
-	}
-	resp, err := s.client.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	var body bytes.Buffer
-	if _, err := body.ReadFrom(resp.Body); err != nil {
-		t.Fatal(err)
-	}
-	validateExchange(t, req, nil, resp, body.Bytes())
-	return resp, body.Bytes()
+	return s.sendReader(t, method, path, "", nil, nil, headers...)
 }
 
 // created mirrors `tokend token create --json`.

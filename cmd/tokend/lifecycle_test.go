@@ -77,8 +77,8 @@ func (s *testServer) sendReader(t *testing.T, method, path, contentType string, 
 	if err != nil {
 		t.Fatalf("%s %s: reading the response: %v", method, path, err)
 	}
-	// The one call site of the OpenAPI contract check for requests with a
-	// body (openapi_validate_test.go).
+	// The one call site of the OpenAPI contract check for the REST
+	// exchanges of the end-to-end tests (openapi_validate_test.go).
 	validateExchange(t, req, body, resp, respBody)
 	return resp, respBody
 }

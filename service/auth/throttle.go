@@ -36,7 +36,7 @@ type Throttle struct {
 	window   time.Duration
 	capacity int
 
-	mu sync.Mutex
+	mu sync.RWMutex // Check, on every request, only reads
 	m  map[netip.Addr]failures
 }
 
@@ -70,8 +70,8 @@ func (t *Throttle) Check(client netip.Addr, now time.Time) error {
 	if t == nil {
 		return nil
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	t.mu.RLock()
+	defer t.mu.RUnlock()
 	f, ok := t.m[throttleKey(client)]
 	if !ok || f.count < t.max {
 		return nil

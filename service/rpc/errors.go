@@ -14,7 +14,6 @@ import (
 
 	"github.com/tokend/tokend/service/auth"
 	"github.com/tokend/tokend/service/request"
-	"github.com/tokend/tokend/service/store"
 	"github.com/tokend/tokend/service/token"
 )
 
@@ -105,8 +104,6 @@ func toStatus(err error) *status.Status {
 		return status.New(codes.Canceled, "request canceled")
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.New(codes.DeadlineExceeded, "deadline exceeded")
-	case errors.Is(err, store.ErrCorrupt):
-		return newStatus(codes.Internal, ReasonInternal, msgInternal)
 	}
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
 		// Already a status, from grpc-go itself or a library: keep its code.

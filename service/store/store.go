@@ -212,9 +212,6 @@ func (s *Store) CheckWritable(ctx context.Context) error {
 // Close closes the database file.
 func (s *Store) Close() error { return s.db.Close() }
 
-// Path returns the file the store lives in.
-func (s *Store) Path() string { return s.db.Path() }
-
 // CreateOptions govern Create.
 type CreateOptions struct {
 	// Now is the time of the request, for the live-token count and the

@@ -48,8 +48,7 @@ type Recorder struct {
 	inflight map[uint64]Delta // being written as batch `batch`
 	batch    uint64           // number of the in-flight or, if none, last batch
 	gen      uint64           // counts committed flushes; see Fresh
-	failures uint64
-	lastErr  error // of the last flush; nil once one succeeds
+	lastErr  error            // of the last flush; nil once one succeeds
 
 	flushMu sync.Mutex // one flush at a time
 }
@@ -173,7 +172,6 @@ func (r *Recorder) Flush() error {
 			p.Last = max(p.Last, d.Last)
 			r.pending[id] = p
 		}
-		r.failures++
 		r.lastErr = err
 	} else {
 		r.gen++
@@ -190,13 +188,6 @@ func (r *Recorder) Err() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.lastErr
-}
-
-// Failures returns how many flushes have failed, for metrics.
-func (r *Recorder) Failures() uint64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.failures
 }
 
 // Pending returns how many uses are not yet on disk, for metrics and
