@@ -270,14 +270,16 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 	}
 	public := rpc.NewPublic(deps)
 	admin, _ := rpc.NewAdmin(deps)
-	api, err := gateway.New(ctx, gateway.Options{Conn: public.Local, Logger: log, MaxBodyBytes: cfg.MaxBodyBytes, Ready: func(ctx context.Context) error {
-		// Not ready while usage counts cannot be written (they wait in
-		// memory, and a crash would lose them), nor if the file takes no write.
+	// writable fails while usage counts cannot be written (they wait in
+	// memory, and a crash would lose them), or if the file takes no write.
+	// /readyz and the gRPC health status (watchWrites) both follow it.
+	writable := func(ctx context.Context) error {
 		if err := rec.Err(); err != nil {
 			return fmt.Errorf("usage flush failing: %w", err)
 		}
 		return st.CheckWritable(ctx)
-	}})
+	}
+	api, err := gateway.New(ctx, gateway.Options{Conn: public.Local, Logger: log, MaxBodyBytes: cfg.MaxBodyBytes, Ready: writable})
 	if err != nil {
 		return err
 	}
@@ -356,6 +358,10 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 	})
 	g.Go(func() error {
 		rec.Run(gctx, cfg.FlushInterval)
+		return nil
+	})
+	g.Go(func() error {
+		watchWrites(gctx, public.Health, writable, writeCheckInterval, log)
 		return nil
 	})
 	if debugSrv != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/tokend/tokend/service/auth"
 	"github.com/tokend/tokend/service/request"
+	"github.com/tokend/tokend/service/store"
 	"github.com/tokend/tokend/service/token"
 )
 
@@ -31,6 +33,9 @@ const (
 	ReasonConflict           = "CONFLICT"
 	ReasonThrottled          = "TOO_MANY_FAILURES"
 	ReasonInternal           = "INTERNAL"
+	// ReasonStorageUnavailable: the database takes no writes now (disk
+	// full, I/O errors); reads still work, and the write may be retried.
+	ReasonStorageUnavailable = "STORAGE_UNAVAILABLE"
 )
 
 // Messages shown to clients for errors whose own text is not for them.
@@ -40,12 +45,19 @@ const (
 	msgTokenNotFound      = "Access token not found"
 	msgUserNotFound       = "Unknown user"
 	msgInternal           = "An internal error occurred"
+	msgStorageUnavailable = "The token store cannot take writes right now; retry later"
 )
+
+// storageRetryDelay is the RetryInfo (REST: Retry-After) of a write refused
+// because the database takes no writes: a few seconds, about how often the
+// server checks whether writes work again.
+const storageRetryDelay = 5 * time.Second
 
 // errorInterceptor is the one place where handler errors become gRPC
 // statuses. Domain errors are matched with errors.Is, so wrapping keeps them
 // recognisable. Anything unrecognised is Internal with a generic message,
-// and its cause is logged once, with the trace id, and never sent.
+// and its cause is logged once, with the trace id, and never sent; so is the
+// cause of a write the database could not take (Unavailable).
 func errorInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		resp, err := handler(ctx, req)
@@ -53,12 +65,19 @@ func errorInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 			return resp, nil
 		}
 		st := toStatus(err)
-		if st.Code() == codes.Internal {
+		var msg string
+		switch {
+		case errors.Is(err, store.ErrUnavailable):
+			msg = "storage unavailable"
+		case st.Code() == codes.Internal:
+			msg = "internal error"
+		}
+		if msg != "" {
 			attrs := []any{slog.String("method", info.FullMethod), slog.String("error", err.Error())}
 			if ri := request.FromContext(ctx); ri != nil {
 				attrs = append(attrs, slog.String("trace_id", ri.TraceID))
 			}
-			log.ErrorContext(ctx, "internal error", attrs...)
+			log.ErrorContext(ctx, msg, attrs...)
 		}
 		return nil, st.Err()
 	}
@@ -100,6 +119,14 @@ func toStatus(err error) *status.Status {
 		return st
 	case errors.Is(err, token.ErrConflict):
 		return newStatus(codes.FailedPrecondition, ReasonConflict, conflictMessage(err))
+	case errors.Is(err, store.ErrUnavailable):
+		// The cause (an errno, a file path) is for the log; the client
+		// learns only that retrying later may work.
+		st := newStatus(codes.Unavailable, ReasonStorageUnavailable, msgStorageUnavailable)
+		if withRetry, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(storageRetryDelay)}); err == nil {
+			st = withRetry
+		}
+		return st
 	case errors.Is(err, context.Canceled):
 		return status.New(codes.Canceled, "request canceled")
 	case errors.Is(err, context.DeadlineExceeded):

@@ -51,6 +51,14 @@ var (
 	ErrNoDatabase = errors.New("no database")
 )
 
+// ErrUnavailable means a write transaction could not be begun or committed:
+// the disk is full, the file may not grow, the file system went read-only
+// or failed, or the database is closed. Nothing of the transaction was
+// written, reads still work, and the same write may succeed later. It wraps
+// the cause, so errors.Is sees both. Errors of the transaction's own logic
+// (token.ErrNotFound, token.ErrConflict, ErrCorrupt, ...) are never it.
+var ErrUnavailable = errors.New("storage unavailable")
+
 var (
 	bucketMeta    = []byte("meta")
 	bucketTokens  = []byte("tokens")
@@ -195,6 +203,25 @@ func migrate(tx *bolt.Tx, from byte) error {
 	return nil
 }
 
+// update runs fn in a write transaction, the one way this package writes.
+// An error fn returns comes back as it is, so domain errors stay domain
+// errors. Any other failure happened beginning or committing the
+// transaction, that is in the file's I/O, and is ErrUnavailable wrapping
+// the cause: bbolt reports those in many shapes (a wrapped errno, a
+// formatted "file resize error", ErrDatabaseReadOnly), so matching each
+// would miss some.
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	var fnErr error
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		fnErr = fn(tx)
+		return fnErr
+	})
+	if err != nil && fnErr == nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return err
+}
+
 // CheckWritable commits a small write (the time of the check, in the meta
 // bucket), proving the file is open and the disk takes writes. Readiness
 // probes use it; it costs one fsync.
@@ -202,7 +229,7 @@ func (s *Store) CheckWritable(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		var b [8]byte
 		binary.BigEndian.PutUint64(b[:], uint64(time.Now().Unix()))
 		return tx.Bucket(bucketMeta).Put([]byte("ready_check"), b[:])
@@ -253,7 +280,7 @@ type Replay struct {
 // means a broken RNG).
 func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay, error) {
 	var replay *Replay
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		if idem := opts.Idempotency; idem != nil {
 			if v := tx.Bucket(bucketIdem).Get(idem.Key[:]); v != nil {
 				rec, err := decodeIdem(v)
@@ -305,7 +332,7 @@ func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay,
 // and idempotency rules do not apply. It returns the tokens with IDs.
 func (s *Store) CreateBatch(ts []token.Token) ([]token.Token, error) {
 	out := make([]token.Token, len(ts))
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		for i, t := range ts {
 			if err := insert(tx, &t); err != nil {
 				return err
@@ -399,7 +426,7 @@ func decodeIdem(v []byte) (idemEntry, error) {
 // returns how many it removed.
 func (s *Store) PurgeIdempotency(cutoff time.Time) (int, error) {
 	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketIdem)
 		var stale [][]byte
 		err := b.ForEach(func(k, v []byte) error {
@@ -501,7 +528,7 @@ func (s *Store) Lookup(h secret.Hash, at time.Time) (token.Token, error) {
 // that no longer exists are dropped.
 func (s *Store) ApplyUsage(batch uint64, deltas map[uint64]usage.Delta) error {
 	applied := make([]token.Token, 0, len(deltas))
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		applied = applied[:0]
 		for id, d := range deltas {
 			t, err := get(tx, id)
@@ -572,7 +599,7 @@ func (s *Store) Revoke(user string, id uint64, at time.Time) (token.Token, error
 func (s *Store) Mutate(user string, id uint64, fn func(*token.Token) error) (token.Token, error) {
 	var t token.Token
 	var dropped []secret.Hash
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketUsers).Bucket([]byte(user)) == nil {
 			return token.ErrUserNotFound
 		}

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
+)
+
+// writeCheckInterval is how often the gRPC health status is brought in
+// step with whether the database takes writes. Each check commits one small
+// write (an fsync), so once a second is cheap, and a probe polling health
+// learns of a failing disk, or of its recovery, within about a second.
+const writeCheckInterval = time.Second
+
+// watchWrites runs writable now and every interval until ctx is done, and
+// sets the gRPC health status of the server as a whole ("") and of
+// TokenService to SERVING while it passes and NOT_SERVING while it fails,
+// logging each change once. A server whose disk takes no writes still
+// serves reads, but a load balancer should prefer a healthy replica, and an
+// operator should hear of it.
+//
+// It never undoes a shutdown: hs.Shutdown sets NOT_SERVING and makes hs
+// ignore every later change, so a check that ends after shutdown began
+// reports nothing.
+func watchWrites(ctx context.Context, hs *health.Server, writable func(context.Context) error, interval time.Duration, log *slog.Logger) {
+	services := []string{"", tokenv1.TokenService_ServiceDesc.ServiceName}
+	set := func(s healthpb.HealthCheckResponse_ServingStatus) {
+		for _, name := range services {
+			hs.SetServingStatus(name, s)
+		}
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	healthy, first := true, true
+	for {
+		cctx, cancel := context.WithTimeout(ctx, interval)
+		err := writable(cctx)
+		cancel()
+		if ctx.Err() != nil {
+			// The check may have failed only because ctx ended.
+			return
+		}
+		if ok := err == nil; first || ok != healthy {
+			if ok {
+				if !first {
+					log.Info("the database takes writes again: health is SERVING")
+				}
+				set(healthpb.HealthCheckResponse_SERVING)
+			} else {
+				log.Error("the database takes no writes: writes are refused with Unavailable (503), usage counts wait in memory, health is NOT_SERVING",
+					slog.String("error", err.Error()))
+				set(healthpb.HealthCheckResponse_NOT_SERVING)
+			}
+			healthy, first = ok, false
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
