@@ -22,6 +22,7 @@ import (
 	"github.com/tokend/tokend/service"
 	"github.com/tokend/tokend/service/request"
 	"github.com/tokend/tokend/service/rpc"
+	"github.com/tokend/tokend/service/telemetry"
 )
 
 // TraceHeader is the response header that carries the request's trace id.
@@ -40,7 +41,19 @@ type Options struct {
 	// Ready reports whether the server can serve requests (its database
 	// open and writable), for /readyz; nil means always ready.
 	Ready func(context.Context) error
+	// Metrics, if set, counts and times every request by route and status.
+	Metrics *telemetry.Metrics
+	// Tracing, if set, traces every request.
+	Tracing *telemetry.Tracing
 }
+
+// The paths served beside the API.
+const (
+	pathOpenAPI = "/openapi.json"
+	pathDocs    = "/docs"
+	pathHealthz = "/healthz"
+	pathReadyz  = "/readyz"
+)
 
 // DefaultMaxBodyBytes is the default cap on request bodies: the largest
 // valid request (a 100-character name and 64 allowed IPs) is under 4 KiB.
@@ -93,19 +106,22 @@ func New(ctx context.Context, opts Options) (http.Handler, error) {
 	// "/api/v1/../x" with a redirect where the API says 404.
 	root := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case "/openapi.json":
+		case pathOpenAPI:
 			spec.ServeHTTP(w, r)
-		case "/docs":
+		case pathDocs:
 			docs.ServeHTTP(w, r)
-		case "/healthz":
+		case pathHealthz:
 			healthz.ServeHTTP(w, r)
-		case "/readyz":
+		case pathReadyz:
 			readyz.ServeHTTP(w, r)
 		default:
 			api.ServeHTTP(w, r)
 		}
 	})
-	return edge(opts.Logger, rt, root), nil
+	// Tracing runs outermost, so the edge finds the request's span (and
+	// takes its trace id); metrics run inside the edge, which has put the
+	// route on the request's Info by then.
+	return opts.Tracing.InstrumentHTTP(edge(opts.Logger, rt, opts.Metrics.InstrumentHTTP(root)), rt.routeOf), nil
 }
 
 // probe answers a health probe: 200 {"status":"ok"} when check (if any)
@@ -150,7 +166,7 @@ func getOnly(h http.Handler) http.Handler {
 func edge(log *slog.Logger, rt *router, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		ri := &request.Info{TraceID: request.TraceID(r.Header.Get("Traceparent"))}
+		ri := &request.Info{TraceID: request.TraceIDFrom(r.Context(), r.Header.Get("Traceparent")), Route: rt.routeOf(r)}
 		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 			// The TCP peer reaches authentication through the Info, which
 			// only this edge creates, not through gRPC metadata.
@@ -182,12 +198,13 @@ func edge(log *slog.Logger, rt *router, next http.Handler) http.Handler {
 				slog.String("trace_id", ri.TraceID),
 				slog.String("transport", "http"),
 				slog.String("method", r.Method),
-				slog.String("route", rt.routeOf(r)),
+				slog.String("route", ri.Route),
 				slog.Int("status", sw.code()),
 				slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
 			)
 			attrs = rpc.AppendCallerAttrs(attrs, ri)
 			log.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
+			telemetry.Annotate(ctx, ri)
 		}()
 		next.ServeHTTP(sw, r)
 	})
@@ -315,12 +332,17 @@ func (rt *router) routeFor(r *http.Request) (route, bool) {
 	return route{}, false
 }
 
-// routeOf returns the template that r's path matches, or "unmatched".
+// routeOf returns the template that r's path matches, the path itself for
+// the fixed documents and probes, or "unmatched".
 func (rt *router) routeOf(r *http.Request) string {
 	for i := range rt.routes {
 		if c := &rt.routes[i]; c.match(r.URL.Path) {
 			return c.template
 		}
+	}
+	switch r.URL.Path {
+	case pathOpenAPI, pathDocs, pathHealthz, pathReadyz:
+		return r.URL.Path
 	}
 	return "unmatched"
 }

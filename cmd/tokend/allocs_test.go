@@ -19,6 +19,7 @@ import (
 	"github.com/tokend/tokend/service/rpc"
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/store"
+	"github.com/tokend/tokend/service/telemetry"
 	"github.com/tokend/tokend/service/token"
 	"github.com/tokend/tokend/service/usage"
 )
@@ -27,13 +28,17 @@ import (
 // reading itself, server side, without the transport (the HTTP/1.1 or
 // HTTP/2 server's own allocations are not counted). A regression past them
 // fails here; the README states them.
+// With metrics on (--metrics-addr), promhttp's instrumentation adds its
+// own allocations to the REST path.
 const (
-	restAllocBudget = 120
-	rpcAllocBudget  = 55
+	restAllocBudget        = 120
+	rpcAllocBudget         = 55
+	restMetricsAllocBudget = 125
 )
 
-// hotServer wires the request path as serve does, in-process.
-func hotServer(tb testing.TB) (http.Handler, *rpc.Public, createdToken) {
+// hotServer wires the request path as serve does, in-process, with metrics
+// if m is set.
+func hotServer(tb testing.TB, m *telemetry.Metrics) (http.Handler, *rpc.Public, createdToken) {
 	tb.Helper()
 	st, err := store.Open(filepath.Join(tb.TempDir(), "t.db"), store.Options{})
 	if err != nil {
@@ -45,8 +50,8 @@ func hotServer(tb testing.TB) (http.Handler, *rpc.Public, createdToken) {
 		tb.Fatal(err)
 	}
 	log := slog.New(slog.NewJSONHandler(discard{}, nil)) // format every line, as in production
-	public := rpc.NewPublic(rpc.Deps{Store: st, Auth: auth.New(st, rec, nil, time.Now), Usage: rec, Logger: log, Limits: service.DefaultLimits(), Now: time.Now})
-	h, err := gateway.New(context.Background(), gateway.Options{Conn: public.Local, Logger: log})
+	public := rpc.NewPublic(rpc.Deps{Store: st, Auth: auth.New(st, rec, nil, time.Now), Usage: rec, Logger: log, Limits: service.DefaultLimits(), Now: time.Now, Metrics: m})
+	h, err := gateway.New(context.Background(), gateway.Options{Conn: public.Local, Logger: log, Metrics: m})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -78,7 +83,7 @@ func TestRequestAllocationBudget(t *testing.T) {
 	if raceEnabled {
 		t.Skip("-race changes allocation counts; CI also runs this test without it")
 	}
-	h, public, tok := hotServer(t)
+	h, public, tok := hotServer(t, nil)
 	if code := restGet(h, tok); code != http.StatusOK {
 		t.Fatalf("REST GetToken: status %d", code)
 	}
@@ -101,14 +106,31 @@ func TestRequestAllocationBudget(t *testing.T) {
 	if rpcAllocs > rpcAllocBudget {
 		t.Errorf("a GetToken through the interceptor chain allocates %.0f times, over the budget of %d", rpcAllocs, rpcAllocBudget)
 	}
+
+	hm, _, tokm := hotServer(t, telemetry.NewMetrics(telemetry.Sources{}))
+	if code := restGet(hm, tokm); code != http.StatusOK {
+		t.Fatalf("REST GetToken with metrics: status %d", code)
+	}
+	restMetrics := testing.AllocsPerRun(200, func() { restGet(hm, tokm) })
+	t.Logf("allocations per REST GetToken with metrics on: %.0f (budget %d)", restMetrics, restMetricsAllocBudget)
+	if restMetrics > restMetricsAllocBudget {
+		t.Errorf("a REST GetToken with metrics allocates %.0f times, over the budget of %d", restMetrics, restMetricsAllocBudget)
+	}
 }
 
 func BenchmarkRESTGetToken(b *testing.B) {
-	h, _, tok := hotServer(b)
-	b.ReportAllocs()
-	for b.Loop() {
-		if code := restGet(h, tok); code != http.StatusOK {
-			b.Fatalf("status %d", code)
-		}
+	for _, bc := range []struct {
+		name    string
+		metrics *telemetry.Metrics
+	}{{"metrics=off", nil}, {"metrics=on", telemetry.NewMetrics(telemetry.Sources{})}} {
+		b.Run(bc.name, func(b *testing.B) {
+			h, _, tok := hotServer(b, bc.metrics)
+			b.ReportAllocs()
+			for b.Loop() {
+				if code := restGet(h, tok); code != http.StatusOK {
+					b.Fatalf("status %d", code)
+				}
+			}
+		})
 	}
 }

@@ -488,4 +488,17 @@ func TestGRPCMessageSizeLimit(t *testing.T) {
 	if err != nil || strings.Count(out, `"id"`) != 1 {
 		t.Errorf("after the refused request alice has: %s (%v), want only the bootstrap token", out, err)
 	}
+
+	// A 10 KiB request is under the default limit (the name is refused
+	// by validation), and over a limit set with --grpc-max-recv-bytes.
+	ten := &tokenv1.CreateTokenRequest{Name: strings.Repeat("x", 10<<10)}
+	if _, err := s.grpcClient().CreateToken(ctx, ten); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("a 10 KiB request under the default limit: %v, want InvalidArgument", err)
+	}
+	small := startServer(t, "", "--grpc-max-recv-bytes", "8192")
+	tok = createToken(t, small.db, "alice", "size")
+	ctx = metadata.NewOutgoingContext(testCtx(t), metadata.Pairs("authorization", "Bearer "+tok.Secret))
+	if _, err := small.grpcClient().CreateToken(ctx, ten); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("a 10 KiB request with --grpc-max-recv-bytes 8192: %v, want ResourceExhausted", err)
+	}
 }

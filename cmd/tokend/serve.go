@@ -24,6 +24,7 @@ import (
 	"github.com/tokend/tokend/service/auth"
 	"github.com/tokend/tokend/service/rpc"
 	"github.com/tokend/tokend/service/store"
+	"github.com/tokend/tokend/service/telemetry"
 	"github.com/tokend/tokend/service/usage"
 )
 
@@ -52,6 +53,12 @@ type serveConfig struct {
 	// DebugAddr, if set, serves expvar (/debug/vars, with memstats) and
 	// pprof (/debug/pprof/) there, for benchmarks and profiling.
 	DebugAddr string
+	// MetricsAddr, if set, serves Prometheus metrics at /metrics there.
+	MetricsAddr string
+	// Tracing configures OTLP trace export; off without an endpoint.
+	Tracing telemetry.TracingConfig
+	// GRPC bounds what one gRPC call or connection may cost the server.
+	GRPC rpc.ServerLimits
 }
 
 // httpLimits are the REST server's timeouts and header cap: a client that
@@ -64,7 +71,7 @@ type httpLimits struct {
 // listening reports where a started server listens; tests use it to find
 // servers bound to port 0.
 type listening struct {
-	HTTP, GRPC, Admin, Debug string
+	HTTP, GRPC, Admin, Debug, Metrics string
 }
 
 func parseServe(args []string, getenv func(string) string, stderr io.Writer) (serveConfig, error) {
@@ -101,6 +108,32 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	maxBody := envOr(getenv, "TOKEND_MAX_BODY_BYTES", strconv.Itoa(gateway.DefaultMaxBodyBytes))
 	fs.Func("max-body-bytes", "largest REST request body accepted (env TOKEND_MAX_BODY_BYTES, default "+strconv.Itoa(gateway.DefaultMaxBodyBytes)+")", func(v string) error {
 		maxBody = v
+		return nil
+	})
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", envOr(getenv, "TOKEND_METRICS_ADDR", ""), "if set, serve Prometheus metrics at /metrics on this address, such as 127.0.0.1:9464; never on the public port (env TOKEND_METRICS_ADDR)")
+	fs.StringVar(&cfg.Tracing.Endpoint, "otlp-endpoint", envOr(getenv, "TOKEND_OTLP_ENDPOINT", envOr(getenv, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", getenv("OTEL_EXPORTER_OTLP_ENDPOINT"))),
+		"if set, export traces to this OTLP collector URL, such as http://127.0.0.1:4317; tracing is off otherwise (env TOKEND_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT)")
+	fs.StringVar(&cfg.Tracing.Protocol, "otlp-protocol", envOr(getenv, "TOKEND_OTLP_PROTOCOL", envOr(getenv, "OTEL_EXPORTER_OTLP_PROTOCOL", telemetry.ProtocolGRPC)),
+		"OTLP transport: grpc or http/protobuf (env TOKEND_OTLP_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL)")
+	sampleRatio := envOr(getenv, "TOKEND_TRACE_SAMPLE_RATIO", "1")
+	fs.Func("trace-sample-ratio", "fraction of requests traced when tracing is on, 0 to 1; a client's sampled flag is not obeyed (env TOKEND_TRACE_SAMPLE_RATIO, default 1)", func(v string) error {
+		sampleRatio = v
+		return nil
+	})
+	grpcDef := rpc.DefaultServerLimits()
+	grpcRecv := envOr(getenv, "TOKEND_GRPC_MAX_RECV_BYTES", strconv.Itoa(grpcDef.MaxRecvMsgBytes))
+	fs.Func("grpc-max-recv-bytes", "largest gRPC request message; larger gets ResourceExhausted (env TOKEND_GRPC_MAX_RECV_BYTES, default "+strconv.Itoa(grpcDef.MaxRecvMsgBytes)+")", func(v string) error {
+		grpcRecv = v
+		return nil
+	})
+	grpcStreams := envOr(getenv, "TOKEND_GRPC_MAX_STREAMS", strconv.Itoa(int(grpcDef.MaxConcurrentStreams)))
+	fs.Func("grpc-max-streams", "most concurrent calls on one gRPC connection (env TOKEND_GRPC_MAX_STREAMS, default "+strconv.Itoa(int(grpcDef.MaxConcurrentStreams))+")", func(v string) error {
+		grpcStreams = v
+		return nil
+	})
+	grpcCall := envOr(getenv, "TOKEND_MAX_CALL_DURATION", grpcDef.MaxCallDuration.String())
+	fs.Func("max-call-duration", "longest any call may run, over gRPC or REST, whatever deadline the client asks for; beyond it DeadlineExceeded / 504 (env TOKEND_MAX_CALL_DURATION, default "+grpcDef.MaxCallDuration.String()+")", func(v string) error {
+		grpcCall = v
 		return nil
 	})
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", envOr(getenv, "TOKEND_DEBUG_ADDR", ""), "if set, serve expvar and pprof on this address; keep it on loopback (env TOKEND_DEBUG_ADDR)")
@@ -157,6 +190,23 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		if *d.dst, err = time.ParseDuration(raw[i]); err != nil || *d.dst <= 0 {
 			return cfg, fmt.Errorf("%w: --%s must be a positive duration, got %q", errUsage, d.flag, raw[i])
 		}
+	}
+	if cfg.Tracing.SampleRatio, err = strconv.ParseFloat(sampleRatio, 64); err != nil {
+		return cfg, fmt.Errorf("%w: --trace-sample-ratio must be a number from 0 to 1, got %q", errUsage, sampleRatio)
+	}
+	if err := cfg.Tracing.Validate(); err != nil {
+		return cfg, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if cfg.GRPC.MaxRecvMsgBytes, err = strconv.Atoi(grpcRecv); err != nil || cfg.GRPC.MaxRecvMsgBytes < 4096 {
+		return cfg, fmt.Errorf("%w: --grpc-max-recv-bytes must be a whole number of at least 4096, got %q", errUsage, grpcRecv)
+	}
+	streams, err := strconv.ParseUint(grpcStreams, 10, 32)
+	if err != nil || streams == 0 {
+		return cfg, fmt.Errorf("%w: --grpc-max-streams must be a positive whole number, got %q", errUsage, grpcStreams)
+	}
+	cfg.GRPC.MaxConcurrentStreams = uint32(streams)
+	if cfg.GRPC.MaxCallDuration, err = time.ParseDuration(grpcCall); err != nil || cfg.GRPC.MaxCallDuration <= 0 {
+		return cfg, fmt.Errorf("%w: --max-call-duration must be a positive duration such as 10s, got %q", errUsage, grpcCall)
 	}
 	if cfg.HTTP.MaxHeaderBytes, err = strconv.Atoi(maxHeader); err != nil || cfg.HTTP.MaxHeaderBytes < 4096 {
 		return cfg, fmt.Errorf("%w: --http-max-header-bytes must be a whole number of at least 4096, got %q", errUsage, maxHeader)
@@ -259,14 +309,38 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 			}
 		}
 	}()
+	tracing, err := telemetry.NewTracing(ctx, telemetry.TracingConfig{
+		Endpoint: cfg.Tracing.Endpoint, Protocol: cfg.Tracing.Protocol,
+		SampleRatio: cfg.Tracing.SampleRatio, ServiceVersion: versionString(),
+	})
+	if err != nil {
+		return err
+	}
+	// Runs after the servers have stopped: their last spans are exported.
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if terr := tracing.Shutdown(sctx); terr != nil {
+			log.Warn("export of the last traces failed", slog.String("error", terr.Error()))
+		}
+	}()
+	authn := auth.New(st, rec, cfg.TrustedProxies, time.Now).
+		WithThrottle(auth.NewThrottle(cfg.AuthFailureLimit, cfg.AuthFailureWindow, 100_000))
+	var metrics *telemetry.Metrics
+	if cfg.MetricsAddr != "" {
+		metrics = telemetry.NewMetrics(telemetry.Sources{Usage: rec, DBSize: st.Size})
+		authn.WithObserver(metrics)
+	}
 	deps := rpc.Deps{
-		Store: st,
-		Auth: auth.New(st, rec, cfg.TrustedProxies, time.Now).
-			WithThrottle(auth.NewThrottle(cfg.AuthFailureLimit, cfg.AuthFailureWindow, 100_000)),
-		Usage:  rec,
-		Logger: log,
-		Limits: cfg.Limits,
-		Now:    time.Now,
+		Store:   st,
+		Auth:    authn,
+		Usage:   rec,
+		Logger:  log,
+		Limits:  cfg.Limits,
+		Server:  cfg.GRPC,
+		Now:     time.Now,
+		Metrics: metrics,
+		Tracing: tracing,
 	}
 	public := rpc.NewPublic(deps)
 	admin, _ := rpc.NewAdmin(deps)
@@ -279,7 +353,8 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 		}
 		return st.CheckWritable(ctx)
 	}
-	api, err := gateway.New(ctx, gateway.Options{Conn: public.Local, Logger: log, MaxBodyBytes: cfg.MaxBodyBytes, Ready: writable})
+	api, err := gateway.New(ctx, gateway.Options{Conn: public.Local, Logger: log, MaxBodyBytes: cfg.MaxBodyBytes, Ready: writable,
+		Metrics: metrics, Tracing: tracing})
 	if err != nil {
 		return err
 	}
@@ -310,23 +385,33 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 	}
 	defer adminLn.Close()
 
-	var debugSrv *http.Server
-	var debugLn net.Listener
-	if cfg.DebugAddr != "" {
-		debugLn, err = lc.Listen(ctx, "tcp", cfg.DebugAddr)
-		if err != nil {
-			return fmt.Errorf("listen for debug on %s: %w", cfg.DebugAddr, err)
+	// Side listeners for operators: debug (expvar, pprof) and metrics.
+	var addrs listening
+	var sides []sideServer
+	for _, side := range []struct {
+		name, addr string
+		dst        *string
+		handler    func() http.Handler
+	}{
+		{"debug", cfg.DebugAddr, &addrs.Debug, debugHandler},
+		{"metrics", cfg.MetricsAddr, &addrs.Metrics, func() http.Handler { return metricsHandler(metrics) }},
+	} {
+		if side.addr == "" {
+			continue
 		}
-		defer debugLn.Close()
-		debugSrv = &http.Server{Handler: debugHandler(), ReadHeaderTimeout: 5 * time.Second}
+		ln, err := lc.Listen(ctx, "tcp", side.addr)
+		if err != nil {
+			return fmt.Errorf("listen for %s on %s: %w", side.name, side.addr, err)
+		}
+		defer ln.Close()
+		*side.dst = ln.Addr().String()
+		sides = append(sides, sideServer{side.name, ln, &http.Server{Handler: side.handler(), ReadHeaderTimeout: 5 * time.Second}})
 	}
 
-	addrs := listening{HTTP: httpLn.Addr().String(), GRPC: grpcLn.Addr().String(), Admin: adminLn.Addr().String()}
-	if debugLn != nil {
-		addrs.Debug = debugLn.Addr().String()
-	}
+	addrs.HTTP, addrs.GRPC, addrs.Admin = httpLn.Addr().String(), grpcLn.Addr().String(), adminLn.Addr().String()
 	log.Info("tokend listening", slog.String("http", addrs.HTTP), slog.String("grpc", addrs.GRPC),
-		slog.String("admin_socket", addrs.Admin), slog.String("debug", addrs.Debug), slog.String("db", cfg.DB))
+		slog.String("admin_socket", addrs.Admin), slog.String("debug", addrs.Debug),
+		slog.String("metrics", addrs.Metrics), slog.Bool("tracing", tracing != nil), slog.String("db", cfg.DB))
 	if ready != nil {
 		ready(addrs)
 	}
@@ -364,16 +449,16 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 		watchWrites(gctx, public.Health, writable, writeCheckInterval, log)
 		return nil
 	})
-	if debugSrv != nil {
+	for _, side := range sides {
 		g.Go(func() error {
-			if err := debugSrv.Serve(debugLn); !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("serve debug: %w", err)
+			if err := side.srv.Serve(side.ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve %s: %w", side.name, err)
 			}
 			return nil
 		})
 		g.Go(func() error {
 			<-gctx.Done()
-			return debugSrv.Close()
+			return side.srv.Close()
 		})
 	}
 	g.Go(func() error {
@@ -433,6 +518,20 @@ func purgeIdempotency(ctx context.Context, st *store.Store, log *slog.Logger) {
 		case <-tick.C:
 		}
 	}
+}
+
+// sideServer is an operator's listener beside the API.
+type sideServer struct {
+	name string
+	ln   net.Listener
+	srv  *http.Server
+}
+
+// metricsHandler serves m at /metrics and nothing else.
+func metricsHandler(m *telemetry.Metrics) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	return mux
 }
 
 // debugHandler serves expvar and pprof. It is built here rather than taken

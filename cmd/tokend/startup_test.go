@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -32,6 +34,7 @@ func TestServeRefusesClearly(t *testing.T) {
 	}{
 		{"HTTP port in use", []string{"--db", filepath.Join(dir, "a.db"), "--http-addr", busy.Addr().String(), "--grpc-addr", "127.0.0.1:0"}, "address already in use"},
 		{"gRPC port in use", []string{"--db", filepath.Join(dir, "b.db"), "--http-addr", "127.0.0.1:0", "--grpc-addr", busy.Addr().String()}, "address already in use"},
+		{"metrics port in use", []string{"--db", filepath.Join(dir, "c.db"), "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", busy.Addr().String()}, "listen for metrics"},
 		{"not a database", []string{"--db", garbage, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"}, "corrupt"},
 		{"unreachable path", []string{"--db", unreadable, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"}, "no such file or directory"},
 	} {
@@ -52,5 +55,58 @@ func TestServeRefusesClearly(t *testing.T) {
 				t.Errorf("took %v to refuse", took)
 			}
 		})
+	}
+}
+
+// TestServeRefusesBadFlags checks that every server flag with a bound
+// refuses a value outside it, naming the flag, before anything starts.
+func TestServeRefusesBadFlags(t *testing.T) {
+	for _, tc := range []struct{ flag, value string }{
+		{"--otlp-endpoint", "collector:4317"},
+		{"--otlp-protocol", "udp"},
+		{"--trace-sample-ratio", "1.5"},
+		{"--trace-sample-ratio", "NaN"},
+		{"--grpc-max-recv-bytes", "100"},
+		{"--grpc-max-streams", "0"},
+		{"--max-call-duration", "-1s"},
+		{"--usage-flush-interval", "2m"},
+		{"--http-max-header-bytes", "10"},
+		{"--auth-failure-limit", "-1"},
+		{"--max-body-bytes", "10"},
+	} {
+		args := []string{tc.flag, tc.value}
+		if tc.flag == "--otlp-protocol" || tc.flag == "--trace-sample-ratio" {
+			args = append(args, "--otlp-endpoint", "http://127.0.0.1:4317")
+		}
+		_, err := parseServe(args, func(string) string { return "" }, io.Discard)
+		if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), strings.TrimPrefix(tc.flag, "--")) && !strings.Contains(err.Error(), tc.value) {
+			t.Errorf("%s %s: %v, want a usage error naming it", tc.flag, tc.value, err)
+		}
+	}
+}
+
+// TestServeFlagsReachTheServer checks that the gRPC limits and telemetry
+// flags (and their environment variables) end up in the configuration the
+// server is built from.
+func TestServeFlagsReachTheServer(t *testing.T) {
+	env := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector.example:4317", "TOKEND_GRPC_MAX_STREAMS": "7"}
+	cfg, err := parseServe([]string{"--grpc-max-recv-bytes", "8192", "--max-call-duration", "3s", "--metrics-addr", "127.0.0.1:9464",
+		"--trace-sample-ratio", "0.25"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.GRPC.MaxRecvMsgBytes != 8192 || cfg.GRPC.MaxConcurrentStreams != 7 || cfg.GRPC.MaxCallDuration != 3*time.Second {
+		t.Errorf("gRPC limits = %+v", cfg.GRPC)
+	}
+	if cfg.MetricsAddr != "127.0.0.1:9464" || cfg.Tracing.Endpoint != "https://collector.example:4317" ||
+		cfg.Tracing.Protocol != "grpc" || cfg.Tracing.SampleRatio != 0.25 {
+		t.Errorf("telemetry = %q %+v", cfg.MetricsAddr, cfg.Tracing)
+	}
+	def, err := parseServe(nil, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if def.MetricsAddr != "" || def.Tracing.Endpoint != "" || def.GRPC.MaxCallDuration != 10*time.Second {
+		t.Errorf("defaults: metrics %q, tracing %+v, gRPC %+v; want both off and a 10s cap", def.MetricsAddr, def.Tracing, def.GRPC)
 	}
 }

@@ -34,6 +34,57 @@ var (
 	ErrInvalidToken = errors.New("invalid bearer token")
 )
 
+// Reasons for a failed authentication, as metrics label them: a short,
+// closed set. The presented secret is never part of any of them.
+const (
+	ReasonMissing   = "missing"         // no bearer credentials
+	ReasonMultiple  = "multiple"        // more than one authorization value
+	ReasonMalformed = "malformed"       // not a well-formed tokend secret
+	ReasonUnknown   = "unknown"         // no token has this secret
+	ReasonRevoked   = "revoked"         // the token was revoked
+	ReasonExpired   = "expired"         // the token expired
+	ReasonAddress   = "address_refused" // the client address is not allowed
+	ReasonError     = "error"           // the lookup itself failed
+)
+
+// refusal is an ErrInvalidToken that knows its reason.
+type refusal struct{ reason, detail string }
+
+func (r *refusal) Error() string        { return ErrInvalidToken.Error() + ": " + r.detail }
+func (r *refusal) Is(target error) bool { return target == ErrInvalidToken }
+
+// The refusals, made once: a failed attempt allocates no error.
+var (
+	errMultiple   = &refusal{ReasonMultiple, "more than one authorization value"}
+	errBadBearer  = &refusal{ReasonMalformed, "malformed bearer token"}
+	errBadSecret  = &refusal{ReasonMalformed, "malformed secret"}
+	errUnknown    = &refusal{ReasonUnknown, "unknown secret"}
+	errRevoked    = &refusal{ReasonRevoked, "revoked"}
+	errExpired    = &refusal{ReasonExpired, "expired"}
+	errNotAllowed = &refusal{ReasonAddress, "client address not allowed"}
+)
+
+// FailureReason returns the Reason of an error from Authenticate.
+func FailureReason(err error) string {
+	var r *refusal
+	switch {
+	case errors.As(err, &r):
+		return r.reason
+	case errors.Is(err, ErrNoCredentials):
+		return ReasonMissing
+	}
+	return ReasonError
+}
+
+// Observer is told of failed authentications, for metrics. Its methods
+// must be cheap and safe for concurrent use.
+type Observer interface {
+	// Refused is called once per failed authentication with its Reason.
+	Refused(reason string)
+	// Throttled is called once per request refused by the Throttle.
+	Throttled()
+}
+
 // Principal is the authenticated caller: the owner of the token and the
 // token itself.
 type Principal struct {
@@ -71,6 +122,7 @@ type UsageRecorder interface {
 // successful use.
 type Authenticator struct {
 	throttle *Throttle
+	observer Observer
 	store    *store.Store
 	usage    UsageRecorder
 	proxies  []netip.Prefix
@@ -92,6 +144,12 @@ func (a *Authenticator) WithThrottle(t *Throttle) *Authenticator {
 	return a
 }
 
+// WithObserver makes a tell o of every failed authentication; it returns a.
+func (a *Authenticator) WithObserver(o Observer) *Authenticator {
+	a.observer = o
+	return a
+}
+
 // Authenticate checks the values of the authorization header (or metadata)
 // presented from client, and on success records the use and returns the
 // principal. Exactly one value is accepted: a second credential, however it
@@ -101,32 +159,32 @@ func (a *Authenticator) Authenticate(authorization []string, client netip.Addr) 
 		return Principal{}, ErrNoCredentials
 	}
 	if len(authorization) > 1 {
-		return Principal{}, fmt.Errorf("%w: more than one authorization value", ErrInvalidToken)
+		return Principal{}, errMultiple
 	}
 	sec, err := ParseBearer(authorization[0])
 	if err != nil {
 		return Principal{}, err
 	}
 	if secret.Check(sec) != nil {
-		return Principal{}, fmt.Errorf("%w: malformed secret", ErrInvalidToken)
+		return Principal{}, errBadSecret
 	}
 	now := a.now()
 	gen := a.usage.Gen()
 	t, err := a.store.Lookup(secret.HashOf(sec), now)
 	switch {
 	case errors.Is(err, token.ErrNotFound):
-		return Principal{}, fmt.Errorf("%w: unknown secret", ErrInvalidToken)
+		return Principal{}, errUnknown
 	case err != nil:
 		return Principal{}, err
 	}
 	switch t.Status(now) {
 	case token.StatusRevoked:
-		return Principal{}, fmt.Errorf("%w: revoked", ErrInvalidToken)
+		return Principal{}, errRevoked
 	case token.StatusExpired:
-		return Principal{}, fmt.Errorf("%w: expired", ErrInvalidToken)
+		return Principal{}, errExpired
 	}
 	if !t.AllowedIPs.Allows(client) {
-		return Principal{}, fmt.Errorf("%w: client address not allowed", ErrInvalidToken)
+		return Principal{}, errNotAllowed
 	}
 	// Counted before the handler runs, so a token reading itself sees the
 	// request it is making.
@@ -148,7 +206,7 @@ func ParseBearer(v string) (string, error) {
 		return "", fmt.Errorf("%w: empty bearer token", ErrNoCredentials)
 	}
 	if strings.ContainsAny(tok, " \t") {
-		return "", fmt.Errorf("%w: malformed bearer token", ErrInvalidToken)
+		return "", errBadBearer
 	}
 	return tok, nil
 }
@@ -225,6 +283,9 @@ func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) gr
 			ri.Client = client
 		}
 		if err := a.throttle.Check(client, a.now()); err != nil {
+			if a.observer != nil {
+				a.observer.Throttled()
+			}
 			if ri != nil {
 				ri.Failure = err.Error()
 			}
@@ -235,6 +296,9 @@ func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) gr
 			if errors.Is(err, ErrInvalidToken) {
 				// A refused token is a guess; no credentials at all is not.
 				a.throttle.Fail(client, a.now())
+			}
+			if a.observer != nil {
+				a.observer.Refused(FailureReason(err))
 			}
 			if ri != nil {
 				ri.Failure = err.Error()

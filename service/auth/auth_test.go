@@ -294,27 +294,28 @@ func TestAuthenticateRefusals(t *testing.T) {
 		values  []string
 		client  netip.Addr
 		wantErr error
+		reason  string
 	}{
-		{"no values", t0, nil, client, auth.ErrNoCredentials},
-		{"empty values", t0, []string{}, client, auth.ErrNoCredentials},
-		{"empty value", t0, []string{""}, client, auth.ErrNoCredentials},
-		{"basic scheme", t0, []string{"Basic " + sec}, client, auth.ErrNoCredentials},
-		{"two values, both valid", t0, []string{"Bearer " + sec, "Bearer " + sec}, client, auth.ErrInvalidToken},
-		{"two values, second empty", t0, []string{"Bearer " + sec, ""}, client, auth.ErrInvalidToken},
-		{"inner whitespace", t0, []string{"Bearer " + sec + " x"}, client, auth.ErrInvalidToken},
-		{"bad checksum", t0, []string{"Bearer " + badChecksum}, client, auth.ErrInvalidToken},
-		{"truncated", t0, []string{"Bearer " + sec[:len(sec)-1]}, client, auth.ErrInvalidToken},
-		{"wrong prefix", t0, []string{"Bearer xyz_" + sec[4:]}, client, auth.ErrInvalidToken},
-		{"not a secret", t0, []string{"Bearer hunter2"}, client, auth.ErrInvalidToken},
-		{"unknown", t0, []string{"Bearer " + unknown}, client, auth.ErrInvalidToken},
-		{"revoked", t0, []string{"Bearer " + revokedSec}, client, auth.ErrInvalidToken},
-		{"revoked, later", t0.Add(24 * time.Hour), []string{"Bearer " + revokedSec}, client, auth.ErrInvalidToken},
-		{"expired exactly at expiry", t0.Add(time.Hour), []string{"Bearer " + expiringSec}, client, auth.ErrInvalidToken},
-		{"expired after expiry", t0.Add(2 * time.Hour), []string{"Bearer " + expiringSec}, client, auth.ErrInvalidToken},
-		{"allowed_ips refuses client", t0, []string{"Bearer " + restrictedSec}, client, auth.ErrInvalidToken},
-		{"allowed_ips refuses neighbour", t0, []string{"Bearer " + restrictedSec}, netip.MustParseAddr("203.0.114.1"), auth.ErrInvalidToken},
-		{"allowed_ips refuses other IPv6", t0, []string{"Bearer " + restrictedSec}, netip.MustParseAddr("2001:db8:5::2"), auth.ErrInvalidToken},
-		{"allowed_ips refuses unknown client", t0, []string{"Bearer " + restrictedSec}, netip.Addr{}, auth.ErrInvalidToken},
+		{"no values", t0, nil, client, auth.ErrNoCredentials, "missing"},
+		{"empty values", t0, []string{}, client, auth.ErrNoCredentials, "missing"},
+		{"empty value", t0, []string{""}, client, auth.ErrNoCredentials, "missing"},
+		{"basic scheme", t0, []string{"Basic " + sec}, client, auth.ErrNoCredentials, "missing"},
+		{"two values, both valid", t0, []string{"Bearer " + sec, "Bearer " + sec}, client, auth.ErrInvalidToken, "multiple"},
+		{"two values, second empty", t0, []string{"Bearer " + sec, ""}, client, auth.ErrInvalidToken, "multiple"},
+		{"inner whitespace", t0, []string{"Bearer " + sec + " x"}, client, auth.ErrInvalidToken, "malformed"},
+		{"bad checksum", t0, []string{"Bearer " + badChecksum}, client, auth.ErrInvalidToken, "malformed"},
+		{"truncated", t0, []string{"Bearer " + sec[:len(sec)-1]}, client, auth.ErrInvalidToken, "malformed"},
+		{"wrong prefix", t0, []string{"Bearer xyz_" + sec[4:]}, client, auth.ErrInvalidToken, "malformed"},
+		{"not a secret", t0, []string{"Bearer hunter2"}, client, auth.ErrInvalidToken, "malformed"},
+		{"unknown", t0, []string{"Bearer " + unknown}, client, auth.ErrInvalidToken, "unknown"},
+		{"revoked", t0, []string{"Bearer " + revokedSec}, client, auth.ErrInvalidToken, "revoked"},
+		{"revoked, later", t0.Add(24 * time.Hour), []string{"Bearer " + revokedSec}, client, auth.ErrInvalidToken, "revoked"},
+		{"expired exactly at expiry", t0.Add(time.Hour), []string{"Bearer " + expiringSec}, client, auth.ErrInvalidToken, "expired"},
+		{"expired after expiry", t0.Add(2 * time.Hour), []string{"Bearer " + expiringSec}, client, auth.ErrInvalidToken, "expired"},
+		{"allowed_ips refuses client", t0, []string{"Bearer " + restrictedSec}, client, auth.ErrInvalidToken, "address_refused"},
+		{"allowed_ips refuses neighbour", t0, []string{"Bearer " + restrictedSec}, netip.MustParseAddr("203.0.114.1"), auth.ErrInvalidToken, "address_refused"},
+		{"allowed_ips refuses other IPv6", t0, []string{"Bearer " + restrictedSec}, netip.MustParseAddr("2001:db8:5::2"), auth.ErrInvalidToken, "address_refused"},
+		{"allowed_ips refuses unknown client", t0, []string{"Bearer " + restrictedSec}, netip.Addr{}, auth.ErrInvalidToken, "address_refused"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -322,6 +323,9 @@ func TestAuthenticateRefusals(t *testing.T) {
 			p, err := e.a.Authenticate(tt.values, tt.client)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("Authenticate = %+v, %v; want error wrapping %v", p, err, tt.wantErr)
+			}
+			if got := auth.FailureReason(err); got != tt.reason {
+				t.Errorf("FailureReason = %q, want %q", got, tt.reason)
 			}
 			if p.UserID != "" || p.TokenID != 0 || p.Token.ID != 0 {
 				t.Errorf("Authenticate returned principal %+v alongside an error", p)

@@ -10,6 +10,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/netip"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Info is the mutable, request-scoped record. It is owned by one request
@@ -18,6 +20,10 @@ type Info struct {
 	// TraceID is 32 lowercase hex digits, from an incoming W3C traceparent
 	// or freshly drawn.
 	TraceID string
+	// Route is the REST route template the request matched, or
+	// "unmatched"; empty for gRPC calls. Logs and metrics use it, never
+	// the raw path, which the client chooses.
+	Route string
 	// Peer is the transport peer's address (the TCP peer of the HTTP or
 	// gRPC connection), set by the edge. Only tokend's own edges create an
 	// Info, so nothing a client sends can set it.
@@ -44,6 +50,16 @@ func NewContext(ctx context.Context, info *Info) context.Context {
 func FromContext(ctx context.Context) *Info {
 	info, _ := ctx.Value(ctxKey{}).(*Info)
 	return info
+}
+
+// TraceIDFrom returns the trace id for a request with context ctx: that of
+// its OpenTelemetry span when it is traced (the span continues an incoming
+// traceparent, so the ids agree), else TraceID(traceparent).
+func TraceIDFrom(ctx context.Context, traceparent string) string {
+	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
+		return sc.TraceID().String()
+	}
+	return TraceID(traceparent)
 }
 
 // TraceID returns the trace id for a request whose W3C traceparent header

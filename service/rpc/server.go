@@ -26,6 +26,7 @@ import (
 	"github.com/tokend/tokend/service/auth"
 	"github.com/tokend/tokend/service/request"
 	"github.com/tokend/tokend/service/store"
+	"github.com/tokend/tokend/service/telemetry"
 	"github.com/tokend/tokend/service/usage"
 )
 
@@ -47,6 +48,10 @@ type Deps struct {
 	Server ServerLimits
 	// Now is the clock; time.Now in production.
 	Now func() time.Time
+	// Metrics, if set, counts and times the network gRPC server's calls.
+	Metrics *telemetry.Metrics
+	// Tracing, if set, traces the network gRPC server's calls.
+	Tracing *telemetry.Tracing
 }
 
 // ServerLimits bound what one call or connection may cost the server.
@@ -115,6 +120,9 @@ type Public struct {
 // reflection, and an in-process Channel to TokenService. Both run one chain:
 // request edge (trace id, log line) → error mapping → deadline cap → panic
 // recovery → authentication (skipped for health and reflection) → handler.
+// The network server also has, outside that chain, the tracing stats
+// handler and the metrics interceptor (the gateway instruments REST
+// requests itself, at the HTTP edge).
 func NewPublic(d Deps, opts ...grpc.ServerOption) *Public {
 	limits := d.Server.orDefault()
 	interceptors := []grpc.UnaryServerInterceptor{
@@ -124,13 +132,19 @@ func NewPublic(d Deps, opts ...grpc.ServerOption) *Public {
 		recoverInterceptor(),
 		d.Auth.UnaryInterceptor(isPublicMethod),
 	}
-	opts = append(append(serverOptions(limits), grpc.ChainUnaryInterceptor(interceptors...)), opts...)
+	network := interceptors
+	if m := d.Metrics.UnaryServerInterceptor(); m != nil {
+		network = append([]grpc.UnaryServerInterceptor{m}, interceptors...)
+	}
+	opts = append(append(append(serverOptions(limits), d.Tracing.ServerOptions()...),
+		grpc.ChainUnaryInterceptor(network...)), opts...)
 	srv := grpc.NewServer(opts...)
 	tokens := service.NewTokenService(service.NewTokens(d.Store, d.Usage, d.Limits, d.Now), d.Now)
 	tokenv1.RegisterTokenServiceServer(srv, tokens)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
+	d.Metrics.InitializeGRPC(srv)
 
 	local := newChannel(chainUnary(interceptors...))
 	tokenv1.RegisterTokenServiceServer(local, tokens)
@@ -191,7 +205,7 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 			tp = v[0]
 		}
 		peerAddr := auth.PeerAddr(ctx)
-		ri := &request.Info{TraceID: request.TraceID(tp), Peer: peerAddr, Client: peerAddr}
+		ri := &request.Info{TraceID: request.TraceIDFrom(ctx, tp), Peer: peerAddr, Client: peerAddr}
 		ctx = request.NewContext(ctx, ri)
 		_ = grpc.SetHeader(ctx, metadata.Pairs(TraceHeader, ri.TraceID))
 		resp, err := handler(ctx, req)
@@ -206,6 +220,7 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 		}
 		attrs = AppendCallerAttrs(attrs, ri)
 		log.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
+		telemetry.Annotate(ctx, ri)
 		return resp, err
 	}
 }

@@ -236,6 +236,17 @@ func (s *Store) CheckWritable(ctx context.Context) error {
 	})
 }
 
+// Size returns the size of the database file in bytes, as of the last
+// committed transaction.
+func (s *Store) Size() int64 {
+	var n int64
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Size()
+		return nil
+	})
+	return n
+}
+
 // Close closes the database file.
 func (s *Store) Close() error { return s.db.Close() }
 

@@ -49,6 +49,9 @@ type Recorder struct {
 	batch    uint64           // number of the in-flight or, if none, last batch
 	gen      uint64           // counts committed flushes; see Fresh
 	lastErr  error            // of the last flush; nil once one succeeds
+	flushed  time.Time        // when the last flush succeeded (or the Recorder was made)
+	flushes  uint64           // flushes that wrote something and committed
+	failures uint64           // flushes that failed
 
 	flushMu sync.Mutex // one flush at a time
 }
@@ -65,6 +68,7 @@ func New(st Store, log *slog.Logger) (*Recorder, error) {
 		pending: make(map[uint64]Delta),
 		spare:   make(map[uint64]Delta),
 		batch:   last,
+		flushed: time.Now(),
 	}, nil
 }
 
@@ -151,6 +155,7 @@ func (r *Recorder) Flush() error {
 	defer r.flushMu.Unlock()
 	r.mu.Lock()
 	if len(r.pending) == 0 {
+		r.flushed = time.Now() // nothing was waiting: disk is up to date
 		r.mu.Unlock()
 		return nil
 	}
@@ -173,9 +178,12 @@ func (r *Recorder) Flush() error {
 			r.pending[id] = p
 		}
 		r.lastErr = err
+		r.failures++
 	} else {
 		r.gen++
 		r.lastErr = nil
+		r.flushes++
+		r.flushed = time.Now()
 	}
 	clear(deltas)
 	r.spare, r.inflight = deltas, nil
@@ -195,6 +203,10 @@ func (r *Recorder) Err() error {
 func (r *Recorder) Pending() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.pendingLocked()
+}
+
+func (r *Recorder) pendingLocked() uint64 {
 	var n uint64
 	for _, d := range r.pending {
 		n += d.Count
@@ -203,6 +215,24 @@ func (r *Recorder) Pending() uint64 {
 		n += d.Count
 	}
 	return n
+}
+
+// Stats describe the Recorder for metrics.
+type Stats struct {
+	// Pending is the number of uses not yet on disk.
+	Pending uint64
+	// LastFlush is when disk last held every use recorded before it: the
+	// last successful flush, or the last flush that found nothing to write.
+	LastFlush time.Time
+	// Flushes and Failures count committed and failed flushes.
+	Flushes, Failures uint64
+}
+
+// Stats returns the Recorder's current Stats.
+func (r *Recorder) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Stats{Pending: r.pendingLocked(), LastFlush: r.flushed, Flushes: r.flushes, Failures: r.failures}
 }
 
 // Run flushes every interval until ctx is done. It does not flush at the

@@ -1,0 +1,178 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+
+	"github.com/tokend/tokend/service/request"
+)
+
+// OTLP transport protocols, as OTEL_EXPORTER_OTLP_PROTOCOL names them.
+const (
+	ProtocolGRPC = "grpc"
+	ProtocolHTTP = "http/protobuf"
+)
+
+// TracingConfig configures NewTracing.
+type TracingConfig struct {
+	// Endpoint is the OTLP collector's URL, such as http://collector:4317
+	// for gRPC or http://collector:4318 for HTTP (whose path defaults to
+	// /v1/traces). An http:// URL is sent in clear text, https:// over TLS.
+	// Empty turns tracing off.
+	Endpoint string
+	// Protocol is ProtocolGRPC (the default) or ProtocolHTTP.
+	Protocol string
+	// SampleRatio is the fraction of requests traced, from 0 to 1. The
+	// client's sampled flag is not obeyed: a client cannot make the
+	// server trace (and export) every request it sends.
+	SampleRatio float64
+	// ServiceVersion is reported as service.version.
+	ServiceVersion string
+}
+
+// Validate reports a configuration NewTracing would refuse.
+func (c TracingConfig) Validate() error {
+	if c.Endpoint == "" {
+		return nil
+	}
+	u, err := url.Parse(c.Endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("OTLP endpoint %q is not an http:// or https:// URL", c.Endpoint)
+	}
+	if c.Protocol != ProtocolGRPC && c.Protocol != ProtocolHTTP {
+		return fmt.Errorf("OTLP protocol %q is not %s or %s", c.Protocol, ProtocolGRPC, ProtocolHTTP)
+	}
+	if !(c.SampleRatio >= 0 && c.SampleRatio <= 1) {
+		return fmt.Errorf("trace sample ratio %v is not between 0 and 1", c.SampleRatio)
+	}
+	return nil
+}
+
+// Tracing is OpenTelemetry tracing of both transports, exported over OTLP.
+// Incoming W3C traceparent headers (or gRPC metadata) continue the client's
+// trace, so a request's trace id is the one its client and its log line
+// and problem details show.
+type Tracing struct {
+	tp   *sdktrace.TracerProvider
+	prop propagation.TextMapPropagator
+}
+
+// NewTracing starts an OTLP exporter for cfg, or returns nil (tracing off)
+// when cfg has no endpoint. The exporter connects lazily: a collector that
+// is down loses spans, never requests.
+func NewTracing(ctx context.Context, cfg TracingConfig) (*Tracing, error) {
+	if cfg.Endpoint == "" {
+		return nil, nil
+	}
+	if cfg.Protocol == "" {
+		cfg.Protocol = ProtocolGRPC
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var exp *otlptrace.Exporter
+	var err error
+	switch cfg.Protocol {
+	case ProtocolGRPC:
+		exp, err = otlptracegrpc.New(ctx, otlptracegrpc.WithEndpointURL(cfg.Endpoint))
+	case ProtocolHTTP:
+		opts := []otlptracehttp.Option{otlptracehttp.WithEndpointURL(cfg.Endpoint)}
+		if u, _ := url.Parse(cfg.Endpoint); strings.Trim(u.Path, "/") == "" {
+			opts = append(opts, otlptracehttp.WithURLPath("/v1/traces"))
+		}
+		exp, err = otlptracehttp.New(ctx, opts...)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start OTLP exporter: %w", err)
+	}
+	res := resource.NewSchemaless(
+		attribute.String("service.name", "tokend"),
+		attribute.String("service.version", cfg.ServiceVersion),
+	)
+	tp := sdktrace.NewTracerProvider(
+		sdktrace.WithBatcher(exp),
+		sdktrace.WithResource(res),
+		sdktrace.WithSampler(sdktrace.TraceIDRatioBased(cfg.SampleRatio)),
+	)
+	return &Tracing{tp: tp, prop: propagation.TraceContext{}}, nil
+}
+
+// Shutdown exports the spans still buffered and stops the exporter.
+func (t *Tracing) Shutdown(ctx context.Context) error {
+	if t == nil {
+		return nil
+	}
+	if err := t.tp.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// ServerOption traces the calls of a network gRPC server; nil options for
+// a nil Tracing.
+func (t *Tracing) ServerOptions() []grpc.ServerOption {
+	if t == nil {
+		return nil
+	}
+	return []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(
+		otelgrpc.WithTracerProvider(t.tp),
+		otelgrpc.WithPropagators(t.prop),
+		otelgrpc.WithMeterProvider(metricnoop.NewMeterProvider()),
+	))}
+}
+
+// InstrumentHTTP traces the requests h answers, naming each span by its
+// method and route template (from route, never the raw path).
+func (t *Tracing) InstrumentHTTP(h http.Handler, route func(*http.Request) string) http.Handler {
+	if t == nil {
+		return h
+	}
+	return otelhttp.NewHandler(h, "tokend",
+		otelhttp.WithTracerProvider(t.tp),
+		otelhttp.WithPropagators(t.prop),
+		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+			return r.Method + " " + route(r)
+		}),
+	)
+}
+
+// Annotate records on the request's span, if it is traced, what tokend
+// derived about the request: its route, the client address as derived from
+// the trusted proxies (overriding any address the instrumentation took from
+// a forwarding header a client may have written), and the token that
+// authenticated it. Nothing secret is recorded.
+func Annotate(ctx context.Context, ri *request.Info) {
+	span := trace.SpanFromContext(ctx)
+	if ri == nil || !span.IsRecording() {
+		return
+	}
+	attrs := make([]attribute.KeyValue, 0, 3)
+	if ri.Route != "" {
+		attrs = append(attrs, attribute.String("http.route", ri.Route))
+	}
+	if ri.Client.IsValid() {
+		attrs = append(attrs, attribute.String("client.address", ri.Client.String()))
+	}
+	if ri.TokenID != 0 {
+		attrs = append(attrs, attribute.Int64("tokend.token_id", int64(ri.TokenID)))
+	}
+	span.SetAttributes(attrs...)
+}
