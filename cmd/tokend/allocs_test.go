@@ -40,6 +40,13 @@ const (
 // if m is set.
 func hotServer(tb testing.TB, m *telemetry.Metrics) (http.Handler, *rpc.Public, createdToken) {
 	tb.Helper()
+	h, public, tok, _ := hotServerStore(tb, m)
+	return h, public, tok
+}
+
+// hotServerStore is hotServer, also returning the store.
+func hotServerStore(tb testing.TB, m *telemetry.Metrics) (http.Handler, *rpc.Public, createdToken, *store.Store) {
+	tb.Helper()
 	st, err := store.Open(filepath.Join(tb.TempDir(), "t.db"), store.Options{})
 	if err != nil {
 		tb.Fatal(err)
@@ -63,7 +70,7 @@ func hotServer(tb testing.TB, m *telemetry.Metrics) (http.Handler, *rpc.Public, 
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return h, public, createdToken{ID: int64(tok.ID), Secret: sec}
+	return h, public, createdToken{ID: int64(tok.ID), Secret: sec}, st
 }
 
 type discard struct{}
