@@ -306,7 +306,14 @@ func TestCrashKill9(t *testing.T) {
 		}
 	}
 
-	// 3. Usage: never more than was served, and at most about one interval
+	// 3. Nothing is half-written, acknowledged or not: every token on
+	// disk, including creates cut off by the kill, is whole, indexed by
+	// its secret and listed under its owner.
+	if err := st.Verify(); err != nil {
+		t.Errorf("store.Verify after SIGKILL: %v", err)
+	}
+
+	// 4. Usage: never more than was served, and at most about one interval
 	// lost.
 	window := crashFlushInterval + crashFlushSlack
 	acked := make([][]time.Time, nTokens)
@@ -355,7 +362,7 @@ func TestCrashKill9(t *testing.T) {
 		t.Fatalf("store close: %v", err)
 	}
 
-	// 4. The killed server's file serves again, counting on from disk, and
+	// 5. The killed server's file serves again, counting on from disk, and
 	// a graceful stop flushes.
 	srv2 := procStart(t, bin, db, crashServeFlags...)
 	status, body := procGet(t, srv2.http, fmt.Sprintf("/api/v1/me/tokens/%d", readers[0].ID), readers[0].Secret)

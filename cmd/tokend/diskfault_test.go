@@ -360,6 +360,10 @@ func TestDiskFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
+	// Refused writes left nothing half-written.
+	if err := st.Verify(); err != nil {
+		t.Errorf("store.Verify after the disk failure: %v", err)
+	}
 	ts, err := st.List("alice")
 	if err != nil {
 		t.Fatal(err)

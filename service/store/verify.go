@@ -1,0 +1,105 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// maxVerifyErrors bounds what Verify reports of a badly broken file.
+const maxVerifyErrors = 20
+
+// Verify checks that the tokens, their secret index and their owners'
+// lists agree: every token decodes and is listed under its owner and found
+// by each of its live secret hashes; every index entry and every owner
+// entry names an existing token that is its own. A write that reached disk
+// only in part (a token without its index entry, or the reverse) fails it.
+// It reads the whole file, so it is for tests and offline checks, not for
+// every start. The error wraps ErrCorrupt.
+func (s *Store) Verify() error {
+	var errs []error
+	report := func(format string, args ...any) {
+		if len(errs) < maxVerifyErrors {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		tokens, secrets, users := tx.Bucket(bucketTokens), tx.Bucket(bucketSecrets), tx.Bucket(bucketUsers)
+		var zero [32]byte
+		err := tokens.ForEach(func(k, v []byte) error {
+			if len(k) != 8 {
+				report("token key %x is not 8 bytes", k)
+				return nil
+			}
+			id := binary.BigEndian.Uint64(k)
+			t, err := decode(id, v)
+			if err != nil {
+				report("token %d: %v", id, err)
+				return nil
+			}
+			if ub := users.Bucket([]byte(t.UserID)); ub == nil || !hasKey(ub, k) {
+				report("token %d is not listed under its owner %q", id, t.UserID)
+			}
+			for _, h := range [][32]byte{t.SecretHash, t.PrevSecretHash} {
+				if h == zero {
+					continue
+				}
+				if got := secrets.Get(h[:]); !bytes.Equal(got, k) {
+					report("token %d: its secret hash %x is indexed to %x", id, h[:4], got)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		err = secrets.ForEach(func(h, k []byte) error {
+			if len(k) != 8 {
+				report("secret index entry %x: value %x is not a token key", h[:min(len(h), 4)], k)
+				return nil
+			}
+			v := tokens.Get(k)
+			if v == nil {
+				report("secret index entry %x names missing token %d", h[:min(len(h), 4)], binary.BigEndian.Uint64(k))
+				return nil
+			}
+			t, err := decode(binary.BigEndian.Uint64(k), v)
+			if err == nil && !bytes.Equal(h, t.SecretHash[:]) && !bytes.Equal(h, t.PrevSecretHash[:]) {
+				report("secret index entry %x names token %d, which has another secret", h[:min(len(h), 4)], t.ID)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return users.ForEachBucket(func(user []byte) error {
+			return users.Bucket(user).ForEach(func(k, _ []byte) error {
+				v := tokens.Get(k)
+				if len(k) != 8 || v == nil {
+					report("user %q lists missing token %x", user, k)
+					return nil
+				}
+				if t, err := decode(binary.BigEndian.Uint64(k), v); err == nil && t.UserID != string(user) {
+					report("user %q lists token %d of %q", user, t.ID, t.UserID)
+				}
+				return nil
+			})
+		})
+	})
+	if err != nil {
+		return err
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrCorrupt, errors.Join(errs...))
+	}
+	return nil
+}
+
+// hasKey reports whether b holds key k (with any value, even empty).
+func hasKey(b *bolt.Bucket, k []byte) bool {
+	got, _ := b.Cursor().Seek(k)
+	return bytes.Equal(got, k)
+}
