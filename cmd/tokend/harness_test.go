@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -36,6 +37,9 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// hashLike matches the renderings of a 32-byte hash in a log.
+var hashLike = regexp.MustCompile(`[0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=|\[(\d{1,3}[, ]){31}\d{1,3}\]`)
 
 // testServer is a real tokend serving on 127.0.0.1 ports chosen by the
 // kernel, with its logs captured.
@@ -104,6 +108,12 @@ func startServer(t *testing.T, db string, extra ...string) *testServer {
 			if strings.Contains(logs, leak) {
 				t.Errorf("the server log contains %q:\n%s", leak, logs)
 			}
+		}
+		// Nor a secret's hash, however it would be rendered: 64 hex digits,
+		// 44 padded base64 characters, or 32 bytes as a list of numbers. (Trace
+		// ids are 32 hex digits.)
+		if m := hashLike.FindString(logs); m != "" {
+			t.Errorf("the server log contains what looks like a secret hash, %q:\n%s", m, logs)
 		}
 	})
 	return s
