@@ -75,7 +75,7 @@ func TestServeRefusesBadFlags(t *testing.T) {
 		{"--max-body-bytes", "10"},
 	} {
 		args := []string{tc.flag, tc.value}
-		if tc.flag == "--otlp-protocol" || tc.flag == "--trace-sample-ratio" {
+		if tc.flag == "--otlp-protocol" {
 			args = append(args, "--otlp-endpoint", "http://127.0.0.1:4317")
 		}
 		_, err := parseServe(args, func(string) string { return "" }, io.Discard)

@@ -49,6 +49,9 @@ type TracingConfig struct {
 
 // Validate reports a configuration NewTracing would refuse.
 func (c TracingConfig) Validate() error {
+	if !(c.SampleRatio >= 0 && c.SampleRatio <= 1) {
+		return fmt.Errorf("trace sample ratio %v is not between 0 and 1", c.SampleRatio)
+	}
 	if c.Endpoint == "" {
 		return nil
 	}
@@ -58,9 +61,6 @@ func (c TracingConfig) Validate() error {
 	}
 	if c.Protocol != ProtocolGRPC && c.Protocol != ProtocolHTTP {
 		return fmt.Errorf("OTLP protocol %q is not %s or %s", c.Protocol, ProtocolGRPC, ProtocolHTTP)
-	}
-	if !(c.SampleRatio >= 0 && c.SampleRatio <= 1) {
-		return fmt.Errorf("trace sample ratio %v is not between 0 and 1", c.SampleRatio)
 	}
 	return nil
 }
@@ -125,7 +125,7 @@ func (t *Tracing) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// ServerOption traces the calls of a network gRPC server; nil options for
+// ServerOptions trace the calls of a network gRPC server; nil options for
 // a nil Tracing.
 func (t *Tracing) ServerOptions() []grpc.ServerOption {
 	if t == nil {
