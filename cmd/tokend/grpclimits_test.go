@@ -1,0 +1,108 @@
+package main
+
+import (
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// rawH2 opens a plaintext HTTP/2 connection to addr, sends the client
+// preface and empty settings, and returns a framer on it.
+func rawH2(t *testing.T, addr string) (*http2.Framer, net.Conn) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	return fr, conn
+}
+
+// TestGRPCMaxConcurrentStreams checks that the gRPC server announces the
+// configured cap on concurrent calls per connection in its HTTP/2 settings,
+// where every client must obey it.
+func TestGRPCMaxConcurrentStreams(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want uint32
+	}{
+		{nil, 100},
+		{[]string{"--grpc-max-streams", "3"}, 3},
+	} {
+		s := startServer(t, "", tc.args...)
+		fr, _ := rawH2(t, s.addrs.GRPC)
+		var got uint32
+		found := false
+		for !found {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				t.Fatalf("reading the server's settings: %v", err)
+			}
+			sf, ok := f.(*http2.SettingsFrame)
+			if !ok || sf.IsAck() {
+				continue
+			}
+			got, found = sf.Value(http2.SettingMaxConcurrentStreams)
+			if !found {
+				t.Fatalf("flags %v: the server's settings carry no SETTINGS_MAX_CONCURRENT_STREAMS", tc.args)
+			}
+		}
+		if got != tc.want {
+			t.Errorf("flags %v: SETTINGS_MAX_CONCURRENT_STREAMS = %d, want %d", tc.args, got, tc.want)
+		}
+	}
+}
+
+// TestGRPCKeepaliveEnforcement checks that a client pinging more often than
+// the server allows (here: with no call in flight at all) is sent away
+// with GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and disconnected, so pings
+// cannot keep an idle connection busy.
+func TestGRPCKeepaliveEnforcement(t *testing.T) {
+	s := startServer(t, "")
+	fr, _ := rawH2(t, s.addrs.GRPC)
+	var data [8]byte
+	for i := range 5 {
+		data[0] = byte(i)
+		if err := fr.WritePing(false, data); err != nil {
+			break // the server may already have hung up
+		}
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("connection ended (%v) without GOAWAY ENHANCE_YOUR_CALM", err)
+		}
+		ga, ok := f.(*http2.GoAwayFrame)
+		if !ok {
+			continue
+		}
+		if ga.ErrCode != http2.ErrCodeEnhanceYourCalm || !strings.Contains(string(ga.DebugData()), "too_many_pings") {
+			t.Fatalf("GOAWAY %v %q, want ENHANCE_YOUR_CALM too_many_pings", ga.ErrCode, ga.DebugData())
+		}
+		break
+	}
+	// And the server closes the connection.
+	for {
+		if _, err := fr.ReadFrame(); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatal("the server kept the connection open after GOAWAY")
+			}
+			return
+		}
+	}
+}
