@@ -24,6 +24,7 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -87,6 +88,16 @@ type Options struct {
 type Store struct {
 	db    *bolt.DB
 	cache *lookupCache
+
+	checkMu  sync.Mutex
+	checking *writeCheck // the write check in flight, if any
+}
+
+// writeCheck is one CheckWritable write, which any number of callers may
+// wait for.
+type writeCheck struct {
+	done chan struct{} // closed when err is set
+	err  error
 }
 
 // Open opens or creates the database at path with mode 0600, creating its
@@ -224,16 +235,41 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 
 // CheckWritable commits a small write (the time of the check, in the meta
 // bucket), proving the file is open and the disk takes writes. Readiness
-// probes use it; it costs one fsync.
+// probes and the health monitor use it; it costs one fsync.
+//
+// It returns when ctx ends even if the write does not: a disk that hangs
+// (an fsync that never returns, a write lock held by a stuck transaction)
+// is reported as ctx's error rather than hanging the probe. At most one
+// check writes at a time; callers that arrive meanwhile wait for it, so
+// probes of a hung disk do not pile up goroutines.
 func (s *Store) CheckWritable(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.update(func(tx *bolt.Tx) error {
-		var b [8]byte
-		binary.BigEndian.PutUint64(b[:], uint64(time.Now().Unix()))
-		return tx.Bucket(bucketMeta).Put([]byte("ready_check"), b[:])
-	})
+	s.checkMu.Lock()
+	c := s.checking
+	if c == nil {
+		c = &writeCheck{done: make(chan struct{})}
+		s.checking = c
+		go func() {
+			c.err = s.update(func(tx *bolt.Tx) error {
+				var b [8]byte
+				binary.BigEndian.PutUint64(b[:], uint64(time.Now().Unix()))
+				return tx.Bucket(bucketMeta).Put([]byte("ready_check"), b[:])
+			})
+			s.checkMu.Lock()
+			s.checking = nil
+			s.checkMu.Unlock()
+			close(c.done)
+		}()
+	}
+	s.checkMu.Unlock()
+	select {
+	case <-c.done:
+		return c.err
+	case <-ctx.Done():
+		return fmt.Errorf("the write check did not finish: %w", ctx.Err())
+	}
 }
 
 // Size returns the size of the database file in bytes, as of the last

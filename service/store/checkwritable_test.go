@@ -1,0 +1,65 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// TestCheckWritableDoesNotHang holds the database's write lock, as a
+// stuck fsync would, and checks that CheckWritable gives up when its
+// context ends instead of hanging its caller, that probes arriving while
+// the disk hangs share the one check in flight instead of piling up, and
+// that the check succeeds again once the disk does.
+func TestCheckWritableDoesNotHang(t *testing.T) {
+	st, err := Open(filepath.Join(t.TempDir(), "c.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.CheckWritable(context.Background()); err != nil {
+		t.Fatalf("CheckWritable on a healthy disk: %v", err)
+	}
+
+	release, held := make(chan struct{}), make(chan struct{})
+	go func() {
+		_ = st.db.Update(func(*bolt.Tx) error {
+			close(held)
+			<-release
+			return nil
+		})
+	}()
+	<-held
+	before := runtime.NumGoroutine()
+	for range 20 {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		start := time.Now()
+		err := st.CheckWritable(ctx)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("CheckWritable while writes hang = %v, want DeadlineExceeded", err)
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Fatalf("CheckWritable took %v to give up", took)
+		}
+	}
+	if after := runtime.NumGoroutine(); after > before+1 {
+		t.Errorf("20 probes of a hung disk left %d goroutines, %d before: they should share one check", after, before)
+	}
+	close(release)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := st.CheckWritable(context.Background())
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("CheckWritable after the disk recovered: %v", err)
+		}
+	}
+}
