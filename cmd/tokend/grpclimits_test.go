@@ -1,13 +1,21 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 )
 
 // rawH2 opens a plaintext HTTP/2 connection to addr, sends the client
@@ -103,6 +111,30 @@ func TestGRPCKeepaliveEnforcement(t *testing.T) {
 				t.Fatal("the server kept the connection open after GOAWAY")
 			}
 			return
+		}
+	}
+}
+
+// TestCallDurationCapCannotBeLifted runs a server whose --max-call-duration
+// has passed before any call can start, and checks end to end that neither
+// a client's long gRPC deadline nor the gateway's Grpc-Timeout header lifts
+// it: gRPC answers DeadlineExceeded, REST a 504 problem.
+func TestCallDurationCapCannotBeLifted(t *testing.T) {
+	s := startServer(t, "", "--max-call-duration", "1ns")
+	tok := createToken(t, s.db, "alice", "cap") // over the admin socket, which has no cap
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok.Secret)
+	if _, err := s.grpcClient().GetToken(ctx, &tokenv1.GetTokenRequest{TokenId: tok.ID}); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("gRPC GetToken with a 1h deadline: %v, want DeadlineExceeded", err)
+	}
+	for _, headers := range [][]string{
+		{bearer(tok.Secret)},
+		{bearer(tok.Secret), "Grpc-Timeout: 1H"},
+	} {
+		resp, body := s.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), headers...)
+		if resp.StatusCode != http.StatusGatewayTimeout || resp.Header.Get("Content-Type") != "application/problem+json" {
+			t.Errorf("REST GET %v: %d %s %s, want a 504 problem", headers[1:], resp.StatusCode, resp.Header.Get("Content-Type"), body)
 		}
 	}
 }

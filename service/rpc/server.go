@@ -115,6 +115,9 @@ func deadlineInterceptor(max time.Duration) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		ctx, cancel := context.WithTimeout(ctx, max)
 		defer cancel()
+		if err := ctx.Err(); err != nil {
+			return nil, err // already past its deadline: start no work
+		}
 		return handler(ctx, req)
 	}
 }
