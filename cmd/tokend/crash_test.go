@@ -269,23 +269,7 @@ func TestCrashKill9(t *testing.T) {
 	}
 
 	// 1. The file passes bbolt's own consistency check.
-	bdb, err := bolt.Open(db, 0o600, &bolt.Options{Timeout: 2 * time.Second, ReadOnly: true})
-	if err != nil {
-		t.Fatalf("bbolt open after SIGKILL: %v", err)
-	}
-	err = bdb.View(func(tx *bolt.Tx) error {
-		var errs []error
-		for err := range tx.Check() {
-			errs = append(errs, err)
-		}
-		return errors.Join(errs...)
-	})
-	if cerr := bdb.Close(); cerr != nil {
-		t.Fatalf("bbolt close: %v", cerr)
-	}
-	if err != nil {
-		t.Fatalf("bbolt consistency check after SIGKILL:\n%v", err)
-	}
+	boltCheck(t, db)
 
 	// 2. Every acknowledged create and revoke survived.
 	st, err := store.Open(db, store.Options{LockTimeout: 2 * time.Second})
@@ -390,5 +374,29 @@ func TestCrashKill9(t *testing.T) {
 	defer st.Close()
 	if tok, err := st.GetForUser(user, uint64(readers[0].ID)); err != nil || tok.UsageCount != stored[0]+1 {
 		t.Errorf("after graceful stop: usage_count %d, want %d (%v)", tok.UsageCount, stored[0]+1, err)
+	}
+}
+
+// boltCheck fails the test unless the bbolt file at db opens and passes
+// bbolt's own consistency check (every page reachable exactly once, the
+// B+trees well-formed).
+func boltCheck(t *testing.T, db string) {
+	t.Helper()
+	bdb, err := bolt.Open(db, 0o600, &bolt.Options{Timeout: 2 * time.Second, ReadOnly: true})
+	if err != nil {
+		t.Fatalf("bbolt open: %v", err)
+	}
+	err = bdb.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
+	if cerr := bdb.Close(); cerr != nil {
+		t.Fatalf("bbolt close: %v", cerr)
+	}
+	if err != nil {
+		t.Fatalf("bbolt consistency check:\n%v", err)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -17,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -338,23 +336,7 @@ func TestDiskFailure(t *testing.T) {
 	}
 
 	// The file is consistent and holds exactly what was acknowledged.
-	bdb, err := bolt.Open(db, 0o600, &bolt.Options{Timeout: 2 * time.Second, ReadOnly: true})
-	if err != nil {
-		t.Fatalf("bbolt open: %v", err)
-	}
-	err = bdb.View(func(tx *bolt.Tx) error {
-		var errs []error
-		for err := range tx.Check() {
-			errs = append(errs, err)
-		}
-		return errors.Join(errs...)
-	})
-	if cerr := bdb.Close(); cerr != nil {
-		t.Fatal(cerr)
-	}
-	if err != nil {
-		t.Fatalf("bbolt consistency check:\n%v", err)
-	}
+	boltCheck(t, db)
 	st, err := store.Open(db, store.Options{LockTimeout: 2 * time.Second, MustExist: true})
 	if err != nil {
 		t.Fatal(err)

@@ -51,11 +51,76 @@ func procEnv() []string {
 	return env
 }
 
-// procServer is `tokend serve` running as a child process.
+// child is `tokend serve` running as a child process.
+type child struct {
+	cmd  *exec.Cmd
+	done chan error // receives Wait's result once
+	// logText renders what the child has logged, for failure messages.
+	logText func() string
+}
+
+// startChild starts `tokend serve` on db with its log going to logw, kills
+// it when the test ends if it is still running, and waits for its "tokend
+// listening" line, which listening looks for in what was logged so far.
+// It returns the line, from which callers learn the bound addresses.
+func startChild(t *testing.T, bin, db string, logw io.Writer, listening func() (map[string]any, bool), logText func() string, extra ...string) (*child, map[string]any) {
+	t.Helper()
+	c := &child{done: make(chan error, 1), logText: logText}
+	args := append([]string{"serve", "--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"}, extra...)
+	c.cmd = exec.Command(bin, args...)
+	c.cmd.Env = procEnv()
+	c.cmd.Stderr = logw
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { c.done <- c.cmd.Wait() }()
+	t.Cleanup(func() {
+		select {
+		case err := <-c.done:
+			c.done <- err
+		default:
+			_ = c.cmd.Process.Kill()
+			<-c.done
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if line, ok := listening(); ok {
+			return c, line
+		}
+		select {
+		case err := <-c.done:
+			c.done <- err
+			t.Fatalf("tokend serve exited before listening: %v\nlog:\n%s", err, logText())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("tokend serve did not log \"tokend listening\" within 10s\nlog:\n%s", logText())
+	return nil, nil
+}
+
+// wait waits up to d for the process to exit and returns its exit code.
+func (c *child) wait(t *testing.T, d time.Duration) int {
+	t.Helper()
+	select {
+	case err := <-c.done:
+		c.done <- err
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatalf("wait: %v", err)
+		}
+		return c.cmd.ProcessState.ExitCode()
+	case <-time.After(d):
+		t.Fatalf("tokend serve did not exit within %v\nlog:\n%s", d, c.logText())
+		return -1
+	}
+}
+
+// procServer is `tokend serve` running as a child process, its whole log
+// kept in memory.
 type procServer struct {
-	cmd    *exec.Cmd
+	*child
 	stderr *syncBuffer
-	done   chan error // receives Wait's result once
 	http   string
 	grpc   string
 }
@@ -64,60 +129,17 @@ type procServer struct {
 // listening" log line, from which it learns the bound addresses.
 func procStart(t *testing.T, bin, db string, extra ...string) *procServer {
 	t.Helper()
-	p := &procServer{stderr: &syncBuffer{}, done: make(chan error, 1)}
-	args := append([]string{"serve", "--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"}, extra...)
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = procEnv()
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
+	p := &procServer{stderr: &syncBuffer{}}
+	c, line := startChild(t, bin, db, p.stderr,
+		func() (map[string]any, bool) { return procLogLine(p.stderr.String(), "tokend listening") },
+		p.stderr.String, extra...)
+	p.child = c
+	p.http, _ = line["http"].(string)
+	p.grpc, _ = line["grpc"].(string)
+	if p.http == "" || p.grpc == "" {
+		t.Fatalf("listening line lacks http or grpc: %v", line)
 	}
-	go func() { p.done <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		select {
-		case err := <-p.done:
-			p.done <- err
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if line, ok := procLogLine(p.stderr.String(), "tokend listening"); ok {
-			p.http, _ = line["http"].(string)
-			p.grpc, _ = line["grpc"].(string)
-			if p.http == "" || p.grpc == "" {
-				t.Fatalf("listening line lacks http or grpc: %v", line)
-			}
-			return p
-		}
-		select {
-		case err := <-p.done:
-			p.done <- err
-			t.Fatalf("tokend serve exited before listening: %v\nstderr:\n%s", err, p.stderr)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	t.Fatalf("tokend serve did not log \"tokend listening\" within 10s\nstderr:\n%s", p.stderr)
-	return nil
-}
-
-// wait waits up to d for the process to exit and returns its exit code.
-func (p *procServer) wait(t *testing.T, d time.Duration) int {
-	t.Helper()
-	select {
-	case err := <-p.done:
-		p.done <- err
-		var ee *exec.ExitError
-		if err != nil && !errors.As(err, &ee) {
-			t.Fatalf("wait: %v", err)
-		}
-		return p.cmd.ProcessState.ExitCode()
-	case <-time.After(d):
-		t.Fatalf("tokend serve did not exit within %v\nstderr:\n%s", d, p.stderr)
-		return -1
-	}
+	return p
 }
 
 // procLogLine finds the first JSON log line with the given msg.

@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -764,65 +763,25 @@ func (d soakDebug) after(t *testing.T, base soakMem) soakMem {
 // soakLog: the soak writes hundreds of thousands of request lines, too many
 // to keep.
 type soakServer struct {
-	cmd               *exec.Cmd
+	*child
 	log               *soakLog
-	done              chan error // receives Wait's result once
 	http, grpc, debug string
 }
 
 func soakStart(t *testing.T, bin, db string, extra ...string) *soakServer {
 	t.Helper()
-	p := &soakServer{log: &soakLog{}, done: make(chan error, 1)}
-	args := append([]string{"serve", "--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"}, extra...)
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = procEnv()
-	p.cmd.Stderr = p.log
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
+	p := &soakServer{log: &soakLog{}}
+	c, line := startChild(t, bin, db, p.log,
+		func() (map[string]any, bool) { l := p.log.listeningLine(); return l, l != nil },
+		p.log.tailText, extra...)
+	p.child = c
+	p.http, _ = line["http"].(string)
+	p.grpc, _ = line["grpc"].(string)
+	p.debug, _ = line["debug"].(string)
+	if p.http == "" || p.grpc == "" || p.debug == "" {
+		t.Fatalf("listening line lacks http, grpc or debug: %v", line)
 	}
-	go func() { p.done <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		select {
-		case err := <-p.done:
-			p.done <- err
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if line := p.log.listeningLine(); line != nil {
-			p.http, _ = line["http"].(string)
-			p.grpc, _ = line["grpc"].(string)
-			p.debug, _ = line["debug"].(string)
-			if p.http == "" || p.grpc == "" || p.debug == "" {
-				t.Fatalf("listening line lacks http, grpc or debug: %v", line)
-			}
-			return p
-		}
-		select {
-		case err := <-p.done:
-			p.done <- err
-			t.Fatalf("tokend serve exited before listening: %v\nlog:\n%s", err, p.log.tailText())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	t.Fatalf("tokend serve did not log \"tokend listening\" within 10s\nlog:\n%s", p.log.tailText())
-	return nil
-}
-
-// wait waits up to d for the process to exit and returns its exit code.
-func (p *soakServer) wait(t *testing.T, d time.Duration) int {
-	t.Helper()
-	select {
-	case err := <-p.done:
-		p.done <- err
-		return p.cmd.ProcessState.ExitCode()
-	case <-time.After(d):
-		t.Fatalf("tokend serve did not exit within %v\nlog:\n%s", d, p.log.tailText())
-		return -1
-	}
+	return p
 }
 
 // soakLogTail is how many of the last log lines a soakLog keeps.
