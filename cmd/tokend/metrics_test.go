@@ -185,6 +185,9 @@ func TestMetrics(t *testing.T) {
 	if got := metricValue(t, fams, "tokend_db_size_bytes"); got < 16<<10 {
 		t.Errorf("tokend_db_size_bytes = %v, want the file's size", got)
 	}
+	if got := metricValue(t, fams, "tokend_build_info", "version="+versionString()); got != 1 {
+		t.Errorf("tokend_build_info{version=%q} = %v, want 1", versionString(), got)
+	}
 	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes"} {
 		if _, ok := fams[name]; !ok {
 			t.Errorf("runtime metric %s is not exported", name)

@@ -328,7 +328,7 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 		WithThrottle(auth.NewThrottle(cfg.AuthFailureLimit, cfg.AuthFailureWindow, 100_000))
 	var metrics *telemetry.Metrics
 	if cfg.MetricsAddr != "" {
-		metrics = telemetry.NewMetrics(telemetry.Sources{Usage: rec, DBSize: st.Size})
+		metrics = telemetry.NewMetrics(telemetry.Sources{Usage: rec, DBSize: st.Size, Version: versionString()})
 		authn.WithObserver(metrics)
 	}
 	deps := rpc.Deps{

@@ -37,6 +37,9 @@ type Sources struct {
 	DBSize func() int64
 	// Now is the clock; time.Now if nil.
 	Now func() time.Time
+	// Version describes the build (tokend version), exported as the
+	// version label of tokend_build_info.
+	Version string
 }
 
 // Metrics holds tokend's collectors on a registry of its own (nothing is
@@ -117,6 +120,15 @@ func NewMetrics(src Sources) *Metrics {
 				Help: "Usage flushes that failed; their uses stay in memory and are retried.",
 			}, func() float64 { return float64(rec.Stats().Failures) }),
 		)
+	}
+	if src.Version != "" {
+		info := prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "build_info",
+			Help:        "Always 1; its version label says which build is running.",
+			ConstLabels: prometheus.Labels{"version": src.Version},
+		})
+		info.Set(1)
+		m.reg.MustRegister(info)
 	}
 	if size := src.DBSize; size != nil {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
