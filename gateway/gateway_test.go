@@ -24,6 +24,7 @@ import (
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 	"github.com/tokend/tokend/service/request"
+	"github.com/tokend/tokend/service/testutil"
 )
 
 // fakeConn is a grpc.ClientConnInterface that records every Invoke and
@@ -478,26 +479,8 @@ func logLines(t *testing.T, buf *bytes.Buffer) []map[string]any {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) snapshot() *bytes.Buffer {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.NewBuffer(slices.Clone(b.buf.Bytes()))
-}
-
 func TestEdgeRecoversPanic(t *testing.T) {
-	var logBuf syncBuffer
+	var logBuf testutil.SyncBuffer
 	log := slog.New(slog.NewJSONHandler(&logBuf, nil))
 	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/panic" {
@@ -546,7 +529,7 @@ func TestEdgeRecoversPanic(t *testing.T) {
 	}
 
 	var sawPanic, sawRequest bool
-	for _, l := range logLines(t, logBuf.snapshot()) {
+	for _, l := range logLines(t, bytes.NewBuffer(logBuf.Bytes())) {
 		if l["trace_id"] != traceID {
 			continue
 		}
@@ -558,7 +541,7 @@ func TestEdgeRecoversPanic(t *testing.T) {
 		}
 	}
 	if !sawPanic || !sawRequest {
-		t.Errorf("log lacks the panic line (%v) or the request line (%v) with trace_id %s:\n%s", sawPanic, sawRequest, traceID, logBuf.snapshot())
+		t.Errorf("log lacks the panic line (%v) or the request line (%v) with trace_id %s:\n%s", sawPanic, sawRequest, traceID, bytes.NewBuffer(logBuf.Bytes()))
 	}
 }
 

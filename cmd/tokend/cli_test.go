@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/service/store"
+	"github.com/tokend/tokend/service/testutil"
 )
 
 // cliToken is one token as `tokend token ... --json` prints it; pointer
@@ -585,7 +586,7 @@ func TestCLIDatabaseLock(t *testing.T) {
 	s := startServer(t, "")
 	tok := createToken(t, s.db, "alice", "locked")
 
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -689,7 +690,7 @@ func TestCLIServeEnvironment(t *testing.T) {
 			"TOKEND_HTTP_ADDR": "127.0.0.1:0",
 			"TOKEND_GRPC_ADDR": "127.0.0.1:0",
 		})
-		var logs syncBuffer
+		var logs testutil.SyncBuffer
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		ready := make(chan listening, 1)
@@ -746,7 +747,7 @@ func TestCLIServeEnvironment(t *testing.T) {
 func TestCLIServeStopRightAfterStart(t *testing.T) {
 	for i := 0; i < 25; i++ {
 		db := filepath.Join(t.TempDir(), "tokend.db")
-		var logs syncBuffer
+		var logs testutil.SyncBuffer
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() {

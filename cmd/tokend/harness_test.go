@@ -18,25 +18,8 @@ import (
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 	"github.com/tokend/tokend/service/secret"
+	"github.com/tokend/tokend/service/testutil"
 )
-
-// syncBuffer is a bytes.Buffer safe for the server's concurrent log writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // hashLike matches the renderings of a 32-byte hash in a log.
 var hashLike = regexp.MustCompile(`[0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=|\[(\d{1,3}[, ]){31}\d{1,3}\]`)
@@ -46,7 +29,7 @@ var hashLike = regexp.MustCompile(`[0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=|\[(\d{1,3}
 type testServer struct {
 	db     string
 	addrs  listening
-	logs   *syncBuffer
+	logs   *testutil.SyncBuffer
 	stop   func() error
 	client *http.Client
 	conn   *grpc.ClientConn
@@ -59,7 +42,7 @@ func startServer(t *testing.T, db string, extra ...string) *testServer {
 	if db == "" {
 		db = filepath.Join(t.TempDir(), "tokend.db")
 	}
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan listening, 1)
 	done := make(chan error, 1)

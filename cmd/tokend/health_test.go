@@ -13,6 +13,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
+	"github.com/tokend/tokend/service/testutil"
 )
 
 // TestWatchWrites drives watchWrites with a check the test controls and
@@ -30,7 +31,7 @@ func TestWatchWrites(t *testing.T) {
 		return nil
 	}
 	hs := health.NewServer()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

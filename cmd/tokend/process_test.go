@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tokend/tokend/service/testutil"
 )
 
 // procBuild builds the tokend binary into dir, as a user would get it.
@@ -120,7 +122,7 @@ func (c *child) wait(t *testing.T, d time.Duration) int {
 // kept in memory.
 type procServer struct {
 	*child
-	stderr *syncBuffer
+	stderr *testutil.SyncBuffer
 	http   string
 	grpc   string
 }
@@ -129,7 +131,7 @@ type procServer struct {
 // listening" log line, from which it learns the bound addresses.
 func procStart(t *testing.T, bin, db string, extra ...string) *procServer {
 	t.Helper()
-	p := &procServer{stderr: &syncBuffer{}}
+	p := &procServer{stderr: &testutil.SyncBuffer{}}
 	c, line := startChild(t, bin, db, p.stderr,
 		func() (map[string]any, bool) { return procLogLine(p.stderr.String(), "tokend listening") },
 		p.stderr.String, extra...)

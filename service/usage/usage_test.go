@@ -1,7 +1,6 @@
 package usage_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/store"
+	"github.com/tokend/tokend/service/testutil"
 	"github.com/tokend/tokend/service/token"
 	"github.com/tokend/tokend/service/usage"
 )
@@ -963,30 +963,12 @@ func TestRunLeavesNoUseBehindWhenCancelled(t *testing.T) {
 	checkUsage(t, "after the caller's Flush", stored(t, st, a), 3, t0)
 }
 
-// syncBuffer is an io.Writer safe for the logger and the test at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestRunLogsFailedFlushAndRetries(t *testing.T) {
 	st := openTemp(t)
 	a, _ := create(t, st, "judy", "a")
 	fs := &failStore{Store: st}
 	fs.failing.Store(true)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	r, err := usage.New(fs, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
