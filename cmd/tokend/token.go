@@ -26,6 +26,7 @@ import (
 	"github.com/tokend/tokend/service"
 	"github.com/tokend/tokend/service/rpc"
 	"github.com/tokend/tokend/service/store"
+	"github.com/tokend/tokend/service/token"
 )
 
 func runToken(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -59,7 +60,7 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		// Limits depend on the server's configuration, so they are left to
 		// whoever executes the request.
 		if _, err := service.ValidateCreate(service.AdminCreateInput(req), service.Limits{}, time.Now()); err != nil {
-			return errors.New(validationMessage(err))
+			return errors.New(token.Detail(err))
 		}
 		return withAdmin(ctx, *db, false, func(c adminv1.AdminServiceClient) error {
 			resp, err := c.CreateToken(ctx, req)
@@ -179,12 +180,6 @@ func oneID(fs *flag.FlagSet, args []string, sub string) (int64, error) {
 		return 0, fmt.Errorf("token id must be a positive integer, got %q", pos[0])
 	}
 	return id, nil
-}
-
-// validationMessage is the text of a local validation error, without the
-// "invalid input: " prefix the server strips too.
-func validationMessage(err error) string {
-	return strings.TrimPrefix(err.Error(), "invalid input: ")
 }
 
 func noPositionals(fs *flag.FlagSet, args []string) error {

@@ -105,7 +105,7 @@ func toStatus(err error) *status.Status {
 	case errors.Is(err, token.ErrInvalid):
 		// Validation errors are written for the caller: their text says
 		// which rule the input broke, and nothing internal.
-		st := newStatus(codes.InvalidArgument, ReasonInvalidArgument, validationMessage(err))
+		st := newStatus(codes.InvalidArgument, ReasonInvalidArgument, token.Detail(err))
 		var ve *token.ValidationError
 		if errors.As(err, &ve) {
 			br := &errdetails.BadRequest{}
@@ -145,16 +145,6 @@ func newStatus(c codes.Code, reason, msg string) *status.Status {
 		return withInfo
 	}
 	return st
-}
-
-// validationMessage strips the "invalid input: " prefix of token.ErrInvalid
-// so the client reads just the rule.
-func validationMessage(err error) string {
-	msg := err.Error()
-	if _, rest, ok := strings.Cut(msg, token.ErrInvalid.Error()+": "); ok {
-		return rest
-	}
-	return msg
 }
 
 // conflictMessage strips the "conflict: " prefix of token.ErrConflict and

@@ -2,6 +2,7 @@ package token
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -184,6 +185,31 @@ func TestErrorsAreDistinct(t *testing.T) {
 			if i != j && errors.Is(a, b) {
 				t.Errorf("errors.Is(%v, %v) = true, want distinct sentinels", a, b)
 			}
+		}
+	}
+}
+
+// TestDetail checks the caller's text of validation errors however they
+// arrive: a rule wrapped around ErrInvalid, the same wrapped again, and a
+// ValidationError listing several fields, also wrapped.
+func TestDetail(t *testing.T) {
+	var v Violations
+	v.Add("name", ValidateName(""))
+	v.Add("user_id", ValidateUserID("a b"))
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{ValidateName(""), "name must not be empty"},
+		{fmt.Errorf("create: %w", ValidateName("")), "name must not be empty"},
+		{v.Err(), "name must not be empty; user may contain only letters, digits and . _ - @ +"},
+		{fmt.Errorf("admin: %w", v.Err()), "name must not be empty; user may contain only letters, digits and . _ - @ +"},
+	} {
+		if got := Detail(tc.err); got != tc.want {
+			t.Errorf("Detail(%q) = %q, want %q", tc.err, got, tc.want)
+		}
+		if !errors.Is(tc.err, ErrInvalid) {
+			t.Errorf("%q does not match ErrInvalid", tc.err)
 		}
 	}
 }

@@ -19,13 +19,32 @@ type ValidationError struct {
 	Violations []FieldViolation
 }
 
-// Error joins the details.
+// Error joins the details after ErrInvalid's text.
 func (e *ValidationError) Error() string {
+	return ErrInvalid.Error() + ": " + e.detail()
+}
+
+func (e *ValidationError) detail() string {
 	parts := make([]string, len(e.Violations))
 	for i, v := range e.Violations {
 		parts[i] = v.Detail
 	}
-	return "invalid input: " + strings.Join(parts, "; ")
+	return strings.Join(parts, "; ")
+}
+
+// Detail returns the text of an ErrInvalid error for the caller: the rules
+// the input broke, without ErrInvalid's "invalid input: " prefix or any
+// wrapping before it.
+func Detail(err error) string {
+	var ve *ValidationError
+	if errors.As(err, &ve) {
+		return ve.detail()
+	}
+	msg := err.Error()
+	if _, rest, ok := strings.Cut(msg, ErrInvalid.Error()+": "); ok {
+		return rest
+	}
+	return msg
 }
 
 // Is makes errors.Is(err, ErrInvalid) true.
@@ -36,8 +55,8 @@ type Violations struct {
 	list []FieldViolation
 }
 
-// Add records err, if it is not nil, against field. The detail is err's
-// text without the "invalid input: " prefix of ErrInvalid.
+// Add records err, if it is not nil, against field, with Detail(err) as
+// the detail.
 func (v *Violations) Add(field string, err error) {
 	if err == nil {
 		return
@@ -47,7 +66,7 @@ func (v *Violations) Add(field string, err error) {
 		v.list = append(v.list, ve.Violations...)
 		return
 	}
-	v.list = append(v.list, FieldViolation{Field: field, Detail: strings.TrimPrefix(err.Error(), ErrInvalid.Error()+": ")})
+	v.list = append(v.list, FieldViolation{Field: field, Detail: Detail(err)})
 }
 
 // Err returns a *ValidationError with the violations, or nil if none.
