@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"reflect"
@@ -32,56 +30,6 @@ func withTokenKeys(extra ...string) []string {
 }
 
 var secretPattern = regexp.MustCompile(`^tkd_[0-9A-Za-z]{38}$`)
-
-// send performs method path on the REST API with body (nil for none) sent
-// with Content-Type contentType (omitted if empty) and a Content-Length,
-// plus headers ("Name: value" strings).
-func (s *testServer) send(t *testing.T, method, path, contentType string, body []byte, headers ...string) (*http.Response, []byte) {
-	t.Helper()
-	var r io.Reader
-	if body != nil {
-		r = bytes.NewReader(body)
-	}
-	return s.sendReader(t, method, path, contentType, r, body, headers...)
-}
-
-// sendChunked is send with a body of unknown length, so the client uses
-// chunked transfer encoding and the server cannot know the size up front.
-func (s *testServer) sendChunked(t *testing.T, method, path, contentType string, body []byte, headers ...string) (*http.Response, []byte) {
-	t.Helper()
-	return s.sendReader(t, method, path, contentType, struct{ io.Reader }{bytes.NewReader(body)}, body, headers...)
-}
-
-func (s *testServer) sendReader(t *testing.T, method, path, contentType string, r io.Reader, body []byte, headers ...string) (*http.Response, []byte) {
-	t.Helper()
-	req, err := http.NewRequest(method, "http://"+s.addrs.HTTP+path, r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	for _, h := range headers {
-		k, v, ok := strings.Cut(h, ": ")
-		if !ok {
-			t.Fatalf("bad header %q", h)
-		}
-		req.Header.Add(k, v)
-	}
-	resp, err := s.client.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	respBody, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading the response: %v", method, path, err)
-	}
-	// The one call site of the OpenAPI contract check for the REST
-	// exchanges of the end-to-end tests (openapi_validate_test.go).
-	validateExchange(t, req, body, resp, respBody)
-	return resp, respBody
-}
 
 // dataOf checks that body is {"data": {...}} whose object has exactly
 // keys, and returns that object.
