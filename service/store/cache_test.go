@@ -122,3 +122,47 @@ func BenchmarkLookupUncached(b *testing.B) {
 		}
 	}
 }
+
+// TestLookupCacheRevokeRacesFlush lets a usage flush commit, then stalls
+// it before its cache upkeep while a revoke of the same token and a Lookup
+// try to run. The flush's copy predates the revoke: if the revoke could
+// commit and the Lookup refill the entry before the flush's upkeep, that
+// upkeep would bring the unrevoked token back. Cache upkeep must happen in
+// commit order.
+func TestLookupCacheRevokeRacesFlush(t *testing.T) {
+	s, _ := openTemp(t)
+	tok, h := create(t, s, "alice", "r")
+	at := t0.Add(time.Minute)
+	if _, err := s.Lookup(h, at); err != nil {
+		t.Fatal(err)
+	}
+	revoked := make(chan error, 1)
+	s.hookCommitted = func() {
+		s.hookCommitted = nil
+		go func() {
+			_, err := s.Revoke("alice", tok.ID, at)
+			if err == nil {
+				_, _ = s.Lookup(h, at) // a request refilling the entry at once
+			}
+			revoked <- err
+		}()
+		select { // give the revoke every chance to overtake the flush's upkeep
+		case err := <-revoked:
+			revoked <- err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if err := s.ApplyUsage(1, map[uint64]usage.Delta{tok.ID: {Count: 1, Last: at.Unix()}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-revoked; err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Lookup(h, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.RevokedAt.IsZero() {
+		t.Error("after Revoke returned, Lookup sees the token unrevoked: a flush's late cache upkeep restored it")
+	}
+}

@@ -91,6 +91,13 @@ type Store struct {
 
 	checkMu  sync.Mutex
 	checking *writeCheck // the write check in flight, if any
+
+	// writeMu orders each write's commit and the cache upkeep after it, so
+	// that upkeep happens in commit order (bbolt orders only commits).
+	writeMu sync.Mutex
+	// hookCommitted, if set, runs between a write's commit and its cache
+	// upkeep. Tests only.
+	hookCommitted func()
 }
 
 // writeCheck is one CheckWritable write, which any number of callers may
@@ -222,6 +229,17 @@ func migrate(tx *bolt.Tx, from byte) error {
 // formatted "file resize error", ErrDatabaseReadOnly), so matching each
 // would miss some.
 func (s *Store) update(fn func(*bolt.Tx) error) error {
+	return s.updateThen(fn, nil)
+}
+
+// updateThen is update, followed by after (if the write committed) before
+// any other write can commit. Writes that change cached tokens do their
+// cache upkeep in after: were it done once the next write is free to
+// commit, a flush's late refresh could restore a copy of a token that a
+// revoke committed meanwhile.
+func (s *Store) updateThen(fn func(*bolt.Tx) error, after func()) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
 	var fnErr error
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		fnErr = fn(tx)
@@ -229,6 +247,14 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 	})
 	if err != nil && fnErr == nil {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if err == nil {
+		if s.hookCommitted != nil {
+			s.hookCommitted()
+		}
+		if after != nil {
+			after()
+		}
 	}
 	return err
 }
@@ -575,8 +601,7 @@ func (s *Store) Lookup(h secret.Hash, at time.Time) (token.Token, error) {
 // that no longer exists are dropped.
 func (s *Store) ApplyUsage(batch uint64, deltas map[uint64]usage.Delta) error {
 	applied := make([]token.Token, 0, len(deltas))
-	err := s.update(func(tx *bolt.Tx) error {
-		applied = applied[:0]
+	return s.updateThen(func(tx *bolt.Tx) error {
 		for id, d := range deltas {
 			t, err := get(tx, id)
 			if errors.Is(err, token.ErrNotFound) {
@@ -598,11 +623,7 @@ func (s *Store) ApplyUsage(batch uint64, deltas map[uint64]usage.Delta) error {
 		var b [8]byte
 		binary.BigEndian.PutUint64(b[:], batch)
 		return tx.Bucket(bucketMeta).Put(keyBatch, b[:])
-	})
-	if err == nil {
-		s.cache.refresh(applied)
-	}
-	return err
+	}, func() { s.cache.refresh(applied) })
 }
 
 // LastUsageBatch returns the number of the last usage batch applied.
@@ -644,14 +665,13 @@ func (s *Store) Revoke(user string, id uint64, at time.Time) (token.Token, error
 // error nothing is written. It returns token.ErrUserNotFound for an
 // unknown user and token.ErrNotFound for a token user does not own.
 func (s *Store) Mutate(user string, id uint64, fn func(*token.Token) error) (token.Token, error) {
-	var t token.Token
-	var dropped []secret.Hash
-	err := s.update(func(tx *bolt.Tx) error {
+	var t, before token.Token
+	err := s.updateThen(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketUsers).Bucket([]byte(user)) == nil {
 			return token.ErrUserNotFound
 		}
-		before, err := getOwned(tx, user, id)
-		if err != nil {
+		var err error
+		if before, err = getOwned(tx, user, id); err != nil {
 			return err
 		}
 		t = before
@@ -663,13 +683,11 @@ func (s *Store) Mutate(user string, id uint64, fn func(*token.Token) error) (tok
 		if err := reindex(tx, &before, &t); err != nil {
 			return err
 		}
-		dropped = []secret.Hash{before.SecretHash, before.PrevSecretHash, t.SecretHash, t.PrevSecretHash}
 		return put(tx, &t)
+	}, func() {
+		// The old and new hashes: a rotation moves the token between them.
+		s.cache.drop(t.SecretHash, t.PrevSecretHash, before.SecretHash, before.PrevSecretHash)
 	})
-	if dropped != nil {
-		// Even if the commit failed: dropping is always safe.
-		s.cache.drop(dropped...)
-	}
 	if err != nil {
 		return token.Token{}, err
 	}
