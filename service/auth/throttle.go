@@ -30,15 +30,23 @@ func (e *ThrottledError) Is(target error) bool { return target == ErrThrottled }
 // IPv6 /64 (one subscriber's usual allocation, so rotating addresses within
 // it does not help). Memory is bounded: at most capacity clients are
 // tracked, and when full, expired entries go first, then arbitrary ones.
+// Expired entries are swept at most once per sweepEvery, so a flood of new
+// addresses costs constant time per failure rather than a scan of the
+// whole table under the lock every request's Check waits for.
 // Clients that authenticate successfully are never counted.
 type Throttle struct {
 	max      int
 	window   time.Duration
 	capacity int
 
-	mu sync.RWMutex // Check, on every request, only reads
-	m  map[netip.Addr]failures
+	mu     sync.RWMutex // Check, on every request, only reads
+	m      map[netip.Addr]failures
+	swept  time.Time // the last sweep of expired entries
+	sweeps int       // sweeps done, for tests
 }
+
+// sweepEvery bounds how often a full table looks for expired entries.
+const sweepEvery = time.Second
 
 type failures struct {
 	count int
@@ -101,11 +109,16 @@ func (t *Throttle) Fail(client netip.Addr, now time.Time) {
 	t.m[key] = f
 }
 
-// evict makes room: expired windows first, else one arbitrary entry.
+// evict makes room: expired windows first (if not swept within
+// sweepEvery), else one arbitrary entry.
 func (t *Throttle) evict(now time.Time) {
-	for k, f := range t.m {
-		if now.Sub(f.start) >= t.window {
-			delete(t.m, k)
+	if now.Sub(t.swept) >= sweepEvery {
+		t.swept = now
+		t.sweeps++
+		for k, f := range t.m {
+			if now.Sub(f.start) >= t.window {
+				delete(t.m, k)
+			}
 		}
 	}
 	if len(t.m) < t.capacity {

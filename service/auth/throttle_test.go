@@ -54,6 +54,27 @@ func TestThrottleMemoryIsBounded(t *testing.T) {
 	if n := th.Len(); n > 1000 {
 		t.Errorf("tracking %d addresses, want at most 1000", n)
 	}
+	// A flood of new addresses while the table is full of live entries
+	// must not scan the table for each one: 49,000 evictions at one
+	// instant, then more a minute later, sweep once per sweepEvery.
+	if th.sweeps != 1 {
+		t.Errorf("%d sweeps of the table for one instant's flood, want 1", th.sweeps)
+	}
+	later := t0.Add(2 * time.Minute)
+	for i := range 1000 {
+		th.Fail(netip.AddrFrom4([4]byte{11, 0, byte(i >> 8), byte(i)}), later)
+	}
+	if th.sweeps != 2 {
+		t.Errorf("%d sweeps after a second flood, want 2", th.sweeps)
+	}
+	// That sweep freed the expired entries: the new addresses are all
+	// tracked, none evicted by another.
+	for i := range 1000 {
+		a := netip.AddrFrom4([4]byte{11, 0, byte(i >> 8), byte(i)})
+		if _, ok := th.m[throttleKey(a)]; !ok {
+			t.Fatalf("%v is not tracked after the sweep made room", a)
+		}
+	}
 }
 
 func TestThrottleDisabled(t *testing.T) {
