@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"strconv"
-	"time"
 	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -60,7 +59,7 @@ func appendToken(b []byte, t *tokenv1.Token) []byte {
 	b = append(b, `,"expires_at":`...)
 	b = appendTime(b, t.GetExpiresAt())
 	b = append(b, `,"created_at":`...)
-	b = appendTime(b, t.GetCreatedAt())
+	b = appendRequiredTime(b, t.GetCreatedAt())
 	b = append(b, `,"allowed_ips":`...)
 	if ips := t.GetAllowedIps(); len(ips) > 0 {
 		b = append(b, '[')
@@ -77,15 +76,21 @@ func appendToken(b []byte, t *tokenv1.Token) []byte {
 	return append(b, '}')
 }
 
-// appendTime writes ts as timeJSON does, or null for an unset timestamp.
-// (created_at is always set; were it not, TokenJSON would print the epoch,
-// and so does this.)
+// appendTime writes ts as a JSON string as timeJSON formats it, or null
+// for an unset (optional) timestamp.
 func appendTime(b []byte, ts *timestamppb.Timestamp) []byte {
 	if ts == nil {
 		return append(b, "null"...)
 	}
+	return appendRequiredTime(b, ts)
+}
+
+// appendRequiredTime writes a timestamp the contract always has (such as
+// created_at) as a JSON string, as timeJSON formats it: unset, it is the
+// epoch, never null.
+func appendRequiredTime(b []byte, ts *timestamppb.Timestamp) []byte {
 	b = append(b, '"')
-	b = ts.AsTime().UTC().Truncate(time.Second).AppendFormat(b, time.RFC3339)
+	b = appendRFC3339(b, ts)
 	return append(b, '"')
 }
 

@@ -72,8 +72,15 @@ func statusJSON(s tokenv1.TokenStatus) string {
 
 // timeJSON formats a timestamp as RFC 3339 in UTC with whole seconds, like
 // "2024-04-11T14:35:05Z".
+// An unset timestamp is the epoch (AsTime's reading of nil).
 func timeJSON(ts *timestamppb.Timestamp) string {
-	return ts.AsTime().UTC().Truncate(time.Second).Format(time.RFC3339)
+	return string(appendRFC3339(nil, ts))
+}
+
+// appendRFC3339 is timeJSON appending to b. The layout has no fractional
+// seconds, so none are printed.
+func appendRFC3339(b []byte, ts *timestamppb.Timestamp) []byte {
+	return ts.AsTime().UTC().AppendFormat(b, time.RFC3339)
 }
 
 // createdToken is a new token with its secret.
