@@ -118,10 +118,47 @@ func New(ctx context.Context, opts Options) (http.Handler, error) {
 			api.ServeHTTP(w, r)
 		}
 	})
-	// Tracing runs outermost, so the edge finds the request's span (and
-	// takes its trace id); metrics run inside the edge, which has put the
-	// route on the request's Info by then.
-	return opts.Tracing.InstrumentHTTP(edge(opts.Logger, rt, opts.Metrics.InstrumentHTTP(root)), rt.routeOf), nil
+	return wrap(opts, rt, root), nil
+}
+
+// wrap puts the per-request layers around h. Tracing runs outermost, so the
+// edge finds the request's span (and takes its trace id); metrics run
+// inside the edge, which has put the route on the request's Info by then;
+// panics are recovered innermost, so that a panic's 500 is counted and
+// logged like any other answer.
+func wrap(opts Options, rt *router, h http.Handler) http.Handler {
+	return opts.Tracing.InstrumentHTTP(edge(opts.Logger, rt, opts.Metrics.InstrumentHTTP(recoverPanics(opts.Logger, h))), rt.routeOf)
+}
+
+// recoverPanics turns a panic in h into a 500 problem (unless a response
+// was already started) and an error log line with the trace id; the panic
+// value is logged, never sent. http.ErrAbortHandler is let through, as
+// net/http means it.
+func recoverPanics(log *slog.Logger, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw, ok := w.(*statusWriter)
+		if !ok {
+			sw = &statusWriter{ResponseWriter: w}
+		}
+		defer func() {
+			p := recover()
+			if p == nil {
+				return
+			}
+			if p == http.ErrAbortHandler {
+				panic(p)
+			}
+			attrs := []any{slog.Any("panic", p)}
+			if ri := request.FromContext(r.Context()); ri != nil {
+				attrs = append(attrs, slog.String("trace_id", ri.TraceID))
+			}
+			log.ErrorContext(r.Context(), "panic serving request", attrs...)
+			if sw.status == 0 {
+				writeProblem(sw, r, http.StatusInternalServerError, detailInternal)
+			}
+		}()
+		h.ServeHTTP(sw, r)
+	})
 }
 
 // probe answers a health probe: 200 {"status":"ok"} when check (if any)
@@ -161,8 +198,8 @@ func getOnly(h http.Handler) http.Handler {
 
 // edge is the HTTP request edge: it starts the request's Info (trace id
 // from traceparent, returned in X-Trace-Id), hands the TCP peer to the
-// service as the gRPC peer, marks every response uncacheable, turns a panic
-// into a problem response, and writes the request's one log line.
+// service as the gRPC peer, marks every response uncacheable, and writes
+// the request's one log line.
 func edge(log *slog.Logger, rt *router, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -184,15 +221,6 @@ func edge(log *slog.Logger, rt *router, next http.Handler) http.Handler {
 		h[TraceHeader] = vals[0:1:1]
 		h["Cache-Control"] = vals[1:2:2]
 		defer func() {
-			if p := recover(); p != nil {
-				if p == http.ErrAbortHandler {
-					panic(p)
-				}
-				log.ErrorContext(ctx, "panic serving request", slog.String("trace_id", ri.TraceID), slog.Any("panic", p))
-				if sw.status == 0 {
-					writeProblem(sw, r, http.StatusInternalServerError, detailInternal)
-				}
-			}
 			attrs := make([]slog.Attr, 0, 10)
 			attrs = append(attrs,
 				slog.String("trace_id", ri.TraceID),

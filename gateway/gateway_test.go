@@ -24,6 +24,7 @@ import (
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 	"github.com/tokend/tokend/service/request"
+	"github.com/tokend/tokend/service/telemetry"
 	"github.com/tokend/tokend/service/testutil"
 )
 
@@ -488,7 +489,8 @@ func TestEdgeRecoversPanic(t *testing.T) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
-	srv := httptest.NewServer(edge(log, newRouter(), next))
+	m := telemetry.NewMetrics(telemetry.Sources{})
+	srv := httptest.NewServer(wrap(Options{Logger: log, Metrics: m}, newRouter(), next))
 	defer srv.Close()
 
 	resp, err := http.Get(srv.URL + "/panic")
@@ -543,6 +545,17 @@ func TestEdgeRecoversPanic(t *testing.T) {
 	if !sawPanic || !sawRequest {
 		t.Errorf("log lacks the panic line (%v) or the request line (%v) with trace_id %s:\n%s", sawPanic, sawRequest, traceID, bytes.NewBuffer(logBuf.Bytes()))
 	}
+	// The panic's 500 is counted like any answer.
+	scrape := httptest.NewRecorder()
+	m.Handler().ServeHTTP(scrape, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, want := range []string{
+		`tokend_http_requests_total{code="500",method="get",route="unmatched"} 1`,
+		`tokend_http_requests_total{code="204",method="get",route="unmatched"} 1`,
+	} {
+		if !strings.Contains(scrape.Body.String(), want) {
+			t.Errorf("metrics lack %s:\n%s", want, scrape.Body)
+		}
+	}
 }
 
 func TestEdgePanicAfterWrite(t *testing.T) {
@@ -553,7 +566,7 @@ func TestEdgePanicAfterWrite(t *testing.T) {
 		panic("late")
 	})
 	rec := httptest.NewRecorder()
-	edge(slog.New(slog.NewJSONHandler(&logBuf, nil)), newRouter(), next).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/x", nil))
+	wrap(Options{Logger: slog.New(slog.NewJSONHandler(&logBuf, nil))}, newRouter(), next).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/x", nil))
 	if rec.Code != http.StatusAccepted || rec.Body.String() != "partial" {
 		t.Errorf("after a late panic: status %d, body %q; want the handler's 202 and body untouched", rec.Code, rec.Body)
 	}
