@@ -50,8 +50,16 @@ func encode(t *token.Token) ([]byte, error) {
 	}
 	b = binary.AppendUvarint(b, t.UsageCount)
 	b = binary.AppendUvarint(b, t.UsageBatch)
+	// What decode refuses must not be written: it would make the record,
+	// and every listing of its owner's tokens, unreadable.
+	if len(t.AllowedIPs) > token.MaxAllowedIPs {
+		return nil, fmt.Errorf("%w: %d allowed IPs, at most %d", token.ErrInvalid, len(t.AllowedIPs), token.MaxAllowedIPs)
+	}
 	b = binary.AppendUvarint(b, uint64(len(t.AllowedIPs)))
 	for _, p := range t.AllowedIPs {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("%w: allowed IP %v is not a valid address or range", token.ErrInvalid, p)
+		}
 		a := p.Addr().AsSlice()
 		b = append(b, byte(len(a)))
 		b = append(b, a...)

@@ -1,9 +1,12 @@
 // Package store keeps tokens in one bbolt file.
 //
-// Layout (schema version 1):
+// Layout (schema version 2):
 //
-//	meta     "schema" → version, one byte
-//	tokens   id (8-byte big-endian) → record (JSON)
+//	meta     "schema" → version, one byte; "usage_batch" → the last usage
+//	         batch applied (8-byte big-endian); "ready_check" → the time of
+//	         the last write check
+//	tokens   id (8-byte big-endian) → record (binary, record.go; schema 1
+//	         wrote JSON, migrated on open)
 //	secrets  SHA-256 of the secret → id
 //	users    user id → bucket of that user's token ids → empty
 //	idempotency  SHA-256 of (user, Idempotency-Key) → record (JSON)
@@ -191,31 +194,33 @@ func initSchema(tx *bolt.Tx) error {
 }
 
 // migrate upgrades a file from schema version from, in the open
-// transaction, so a failed migration leaves the file as it was.
+// transaction, so a failed migration leaves the file as it was. A version
+// no tokend ever wrote (0) is corruption, not something to relabel.
 func migrate(tx *bolt.Tx, from byte) error {
-	if from == 1 {
-		// Rewrite every token record from JSON to the binary form. decode
-		// reads both, so this is a loop of decode and put.
-		b := tx.Bucket(bucketTokens)
-		var ts []token.Token
-		err := b.ForEach(func(k, v []byte) error {
-			if len(k) != 8 {
-				return ErrCorrupt
-			}
-			t, err := decode(binary.BigEndian.Uint64(k), v)
-			if err != nil {
-				return err
-			}
-			ts = append(ts, t)
-			return nil
-		})
+	if from != 1 {
+		return fmt.Errorf("%w: schema version %d", ErrCorrupt, from)
+	}
+	// Rewrite every token record from JSON to the binary form. decode reads
+	// both, so this is a loop of decode and put.
+	b := tx.Bucket(bucketTokens)
+	var ts []token.Token
+	err := b.ForEach(func(k, v []byte) error {
+		if len(k) != 8 {
+			return ErrCorrupt
+		}
+		t, err := decode(binary.BigEndian.Uint64(k), v)
 		if err != nil {
 			return err
 		}
-		for i := range ts {
-			if err := put(tx, &ts[i]); err != nil {
-				return err
-			}
+		ts = append(ts, t)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for i := range ts {
+		if err := put(tx, &ts[i]); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -663,6 +663,7 @@ func TestOpenSchemaVersions(t *testing.T) {
 		{"much newer", []byte{255}, ErrNewerSchema},
 		{"two bytes", []byte{SchemaVersion, 0}, ErrCorrupt},
 		{"empty value", []byte{}, ErrCorrupt},
+		{"version 0, never written", []byte{0}, ErrCorrupt},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -784,5 +785,32 @@ func assertTokenEqual(t *testing.T, got, want token.Token) {
 		got.UsageCount != want.UsageCount ||
 		!slices.Equal(got.AllowedIPs, want.AllowedIPs) {
 		t.Errorf("token mismatch:\n got  %+v\n want %+v", got, want)
+	}
+}
+
+// TestEncodeRefusesWhatDecodeRefuses checks that a record decode would
+// call corrupt is never written: too many allowed IPs, or an invalid
+// (zero) prefix, are refused with ErrInvalid and leave the user's other
+// tokens readable.
+func TestEncodeRefusesWhatDecodeRefuses(t *testing.T) {
+	s, _ := openTemp(t)
+	create(t, s, "alice", "ok")
+	many := make(token.AllowedIPs, token.MaxAllowedIPs+1)
+	for i := range many {
+		many[i] = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 32)
+	}
+	for name, ips := range map[string]token.AllowedIPs{
+		"too many":     many,
+		"zero prefix":  {netip.Prefix{}},
+		"bits too big": {netip.PrefixFrom(netip.MustParseAddr("10.0.0.1"), 33)},
+	} {
+		tok, _ := newToken(t, "alice", name)
+		tok.AllowedIPs = ips
+		if _, _, err := s.Create(tok, CreateOptions{}); !errors.Is(err, token.ErrInvalid) {
+			t.Errorf("%s: Create = %v, want ErrInvalid", name, err)
+		}
+	}
+	if ts, err := s.List("alice"); err != nil || len(ts) != 1 {
+		t.Errorf("alice's tokens after refused creates: %d, %v; want the one valid token", len(ts), err)
 	}
 }
