@@ -18,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tokend/tokend/service/testutil"
 )
 
 // proc is a child process of the harness: a server under test.
@@ -99,6 +101,7 @@ func startProc(ps *procs, name string, pin bool, logPath string, stdout io.Write
 		bin = "taskset"
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.Env = testutil.ChildEnv()
 	cmd.Stderr = logf
 	cmd.Stdout = logf
 	if stdout != nil {

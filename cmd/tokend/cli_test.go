@@ -493,6 +493,14 @@ func TestCLIUsageErrors(t *testing.T) {
 	if err != nil || !strings.Contains(out, "tokend token create") {
 		t.Errorf("help: err %v, output %q", err, out)
 	}
+	// Each command's -h, which the usage text points to, lists its flags
+	// and succeeds (main exits 0).
+	for _, args := range [][]string{{"serve", "-h"}, {"token", "create", "-h"}} {
+		_, errOut, err := cli(t, args...)
+		if err != nil || !strings.Contains(errOut, "-db") {
+			t.Errorf("%v: err %v, flags listed: %q", args, err, errOut)
+		}
+	}
 }
 
 func TestCLIRestartPersistsUsage(t *testing.T) {

@@ -41,18 +41,6 @@ func procBuild(t *testing.T, dir string) string {
 	return bin
 }
 
-// procEnv is the environment for tokend subprocesses: the test's own,
-// without any TOKEND_ settings that would change what the flags say.
-func procEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "TOKEND_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
 // child is `tokend serve` running as a child process.
 type child struct {
 	cmd  *exec.Cmd
@@ -70,7 +58,7 @@ func startChild(t *testing.T, bin, db string, logw io.Writer, listening func() (
 	c := &child{done: make(chan error, 1), logText: logText}
 	args := append([]string{"serve", "--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"}, extra...)
 	c.cmd = exec.Command(bin, args...)
-	c.cmd.Env = procEnv()
+	c.cmd.Env = testutil.ChildEnv()
 	c.cmd.Stderr = logw
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -164,7 +152,7 @@ func procRun(t *testing.T, bin string, args ...string) (string, string, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = procEnv()
+	cmd.Env = testutil.ChildEnv()
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -329,7 +317,7 @@ func procStart2(t *testing.T, bin, db string) procResult {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "serve", "--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0")
-	cmd.Env = procEnv()
+	cmd.Env = testutil.ChildEnv()
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	err := cmd.Run()

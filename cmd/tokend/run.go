@@ -31,8 +31,16 @@ open the database directly when no server is running.
 Run "tokend serve -h" for the server's flags.
 `
 
-// run is the whole program: main only wires it to the process.
+// run is the whole program: main only wires it to the process. Asking a
+// command for help (-h) prints its flags and succeeds.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if err := dispatch(ctx, args, getenv, stdout, stderr); !errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return nil
+}
+
+func dispatch(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usageText)
 		return fmt.Errorf("%w: no command given", errUsage)
