@@ -49,9 +49,11 @@ type Recorder struct {
 	batch    uint64           // number of the in-flight or, if none, last batch
 	gen      uint64           // counts committed flushes; see Fresh
 	lastErr  error            // of the last flush; nil once one succeeds
-	flushed  time.Time        // when the last flush succeeded (or the Recorder was made)
-	flushes  uint64           // flushes that wrote something and committed
+	flushed  time.Time        // when disk last held every use recorded before it
 	failures uint64           // flushes that failed
+	// nPending and nInflight are the uses in pending and inflight, kept
+	// as they change so that Stats need not walk the maps.
+	nPending, nInflight uint64
 
 	flushMu sync.Mutex // one flush at a time
 }
@@ -82,6 +84,7 @@ func (r *Recorder) Record(id uint64, at time.Time) {
 		d.Last = sec
 	}
 	r.pending[id] = d
+	r.nPending++
 	r.mu.Unlock()
 }
 
@@ -160,8 +163,12 @@ func (r *Recorder) Flush() error {
 		return nil
 	}
 	r.inflight, r.pending, r.spare = r.pending, r.spare, nil
+	r.nInflight, r.nPending = r.nPending, 0
 	r.batch++
 	batch, deltas := r.batch, r.inflight
+	// Every use recorded until now is in this batch: if it commits, disk
+	// holds them all as of this instant, not of the commit.
+	swapped := time.Now()
 	r.mu.Unlock()
 
 	err := r.store.ApplyUsage(batch, deltas)
@@ -177,14 +184,15 @@ func (r *Recorder) Flush() error {
 			p.Last = max(p.Last, d.Last)
 			r.pending[id] = p
 		}
+		r.nPending += r.nInflight
 		r.lastErr = err
 		r.failures++
 	} else {
 		r.gen++
 		r.lastErr = nil
-		r.flushes++
-		r.flushed = time.Now()
+		r.flushed = swapped
 	}
+	r.nInflight = 0
 	clear(deltas)
 	r.spare, r.inflight = deltas, nil
 	return err
@@ -203,18 +211,7 @@ func (r *Recorder) Err() error {
 func (r *Recorder) Pending() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.pendingLocked()
-}
-
-func (r *Recorder) pendingLocked() uint64 {
-	var n uint64
-	for _, d := range r.pending {
-		n += d.Count
-	}
-	for _, d := range r.inflight {
-		n += d.Count
-	}
-	return n
+	return r.nPending + r.nInflight
 }
 
 // Stats describe the Recorder for metrics.
@@ -222,7 +219,8 @@ type Stats struct {
 	// Pending is the number of uses not yet on disk.
 	Pending uint64
 	// LastFlush is when disk last held every use recorded before it: the
-	// last successful flush, or the last flush that found nothing to write.
+	// start of the last flush that committed, or the last flush that found
+	// nothing to write.
 	LastFlush time.Time
 	// Flushes and Failures count committed and failed flushes.
 	Flushes, Failures uint64
@@ -232,7 +230,7 @@ type Stats struct {
 func (r *Recorder) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return Stats{Pending: r.pendingLocked(), LastFlush: r.flushed, Flushes: r.flushes, Failures: r.failures}
+	return Stats{Pending: r.nPending + r.nInflight, LastFlush: r.flushed, Flushes: r.gen, Failures: r.failures}
 }
 
 // Run flushes every interval until ctx is done. It does not flush at the

@@ -1166,3 +1166,48 @@ func BenchmarkRecordParallel(b *testing.B) {
 		}
 	})
 }
+
+// TestStats checks what metrics read: uses pending (including those a
+// failed flush folded back), committed and failed flushes, and LastFlush,
+// which is the start of the last committed flush (uses recorded while it
+// commits are not on disk yet), not its end.
+func TestStats(t *testing.T) {
+	st := openTemp(t)
+	a, _ := create(t, st, "alice", "a")
+	fs := &failStore{Store: st}
+	r := newRecorder(t, fs)
+	for range 3 {
+		r.Record(a.ID, t0)
+	}
+	if s := r.Stats(); s.Pending != 3 || s.Flushes != 0 || s.Failures != 0 {
+		t.Fatalf("after 3 uses: %+v", s)
+	}
+	fs.failing.Store(true)
+	before := r.Stats().LastFlush
+	if err := r.Flush(); err == nil {
+		t.Fatal("a failing flush succeeded")
+	}
+	if s := r.Stats(); s.Pending != 3 || s.Failures != 1 || s.Flushes != 0 || !s.LastFlush.Equal(before) {
+		t.Fatalf("after a failed flush: %+v, want 3 pending, 1 failure, LastFlush unchanged", s)
+	}
+	fs.failing.Store(false)
+	var during time.Time
+	fs.during = func() {
+		r.Record(a.ID, t0) // recorded while the flush is in flight
+		during = time.Now()
+		time.Sleep(10 * time.Millisecond) // a commit that takes a while
+	}
+	if err := r.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	s := r.Stats()
+	if s.Pending != 1 || s.Flushes != 1 || s.Failures != 1 {
+		t.Fatalf("after a committed flush: %+v, want 1 pending (recorded mid-flush), 1 flush, 1 failure", s)
+	}
+	if !s.LastFlush.Before(during) {
+		t.Errorf("LastFlush %v is not before the use recorded mid-flush (%v): it claims that use is on disk", s.LastFlush, during)
+	}
+	if r.Pending() != s.Pending {
+		t.Errorf("Pending() = %d, Stats().Pending = %d", r.Pending(), s.Pending)
+	}
+}
