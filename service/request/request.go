@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/netip"
+	"strings"
 
 	"go.opentelemetry.io/otel/trace"
 )
@@ -75,19 +76,25 @@ func TraceID(traceparent string) string {
 	return hex.EncodeToString(b[:])
 }
 
-// ParseTraceparent extracts the trace-id from a version-00 W3C traceparent
-// ("00-<32 hex>-<16 hex>-<2 hex>"). Lowercase hex only; all-zero ids are
-// invalid, as the spec requires. Future versions may append fields after
-// the flags, which are accepted.
+// ParseTraceparent extracts the trace-id from a W3C traceparent
+// ("00-<32 hex>-<16 hex>-<2 hex>"), reading it exactly as OpenTelemetry's
+// propagator does (a test holds them equal), so that a request's trace id
+// does not depend on whether tracing is on: lowercase hex only; all-zero
+// ids and version ff are invalid; version 00 allows no reserved flag bits
+// and nothing after the flags but one trailing "-"; later versions may append "-"-separated
+// fields.
 func ParseTraceparent(h string) (string, bool) {
-	if len(h) < 55 || h[2] != '-' || h[35] != '-' || h[52] != '-' {
+	version, h, _ := strings.Cut(h, "-")
+	traceID, h, _ := strings.Cut(h, "-")
+	parentID, h, _ := strings.Cut(h, "-")
+	flags, rest, _ := strings.Cut(h, "-")
+	if len(version) != 2 || len(traceID) != 32 || len(parentID) != 16 || len(flags) != 2 {
 		return "", false
 	}
-	version, traceID, parentID, flags := h[0:2], h[3:35], h[36:52], h[53:55]
 	if !isHex(version) || version == "ff" || !isHex(traceID) || !isHex(parentID) || !isHex(flags) {
 		return "", false
 	}
-	if version == "00" && len(h) != 55 || len(h) > 55 && h[55] != '-' {
+	if version == "00" && (rest != "" || flags[0] != '0' || flags[1] > '3') {
 		return "", false
 	}
 	if allZero(traceID) || allZero(parentID) {

@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/tokend/tokend/service/request"
 )
 
@@ -22,7 +25,9 @@ func TestParseTraceparent(t *testing.T) {
 	}{
 		{"W3C example", validTP, validID},
 		{"flags 00", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", validID},
-		{"unknown flags", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff", validID},
+		{"random flag", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03", validID},
+		{"reserved flags in version 00", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff", ""},
+		{"future version, any flags", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff", validID},
 		{"future version", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", validID},
 		{"future version with extra field", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz", validID},
 		{"future version with empty extra field", "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", validID},
@@ -38,7 +43,7 @@ func TestParseTraceparent(t *testing.T) {
 		{"version ff", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", ""},
 		{"version ff with extra field", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz", ""},
 		{"version 00 with extra field", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz", ""},
-		{"version 00 with trailing dash", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", ""},
+		{"version 00 with trailing dash, as OpenTelemetry reads it", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", validID},
 		{"version 00 with trailing char", validTP + "x", ""},
 		{"future version, extra without dash", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01xyz", ""},
 		{"non-hex version", "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", ""},
@@ -66,6 +71,9 @@ func TestParseTraceparent(t *testing.T) {
 			got, ok := request.ParseTraceparent(tt.in)
 			if ok != (tt.want != "") || got != tt.want {
 				t.Errorf("ParseTraceparent(%q) = %q, %v; want %q, %v", tt.in, got, ok, tt.want, tt.want != "")
+			}
+			if otel := otelTraceID(tt.in); otel != got {
+				t.Errorf("ParseTraceparent(%q) = %q, OpenTelemetry's propagator reads %q", tt.in, got, otel)
 			}
 		})
 	}
@@ -136,4 +144,14 @@ func TestContext(t *testing.T) {
 	if request.FromContext(inner) != ri {
 		t.Error("FromContext of a derived context lost the Info")
 	}
+}
+
+// otelTraceID is what OpenTelemetry's W3C propagator, which serves when
+// tracing is on, reads from the header h: the trace id, or "".
+func otelTraceID(h string) string {
+	ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{"traceparent": h})
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		return sc.TraceID().String()
+	}
+	return ""
 }

@@ -215,8 +215,8 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 		start := time.Now()
 		md, _ := metadata.FromIncomingContext(ctx)
 		var tp string
-		if v := md.Get("traceparent"); len(v) == 1 {
-			tp = v[0]
+		if v := md.Get("traceparent"); len(v) > 0 {
+			tp = v[0] // the first, as OpenTelemetry's propagator reads it
 		}
 		peerAddr := auth.PeerAddr(ctx)
 		ri := &request.Info{TraceID: request.TraceIDFrom(ctx, tp), Peer: peerAddr, Client: peerAddr}
