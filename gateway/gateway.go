@@ -63,8 +63,12 @@ const DefaultMaxBodyBytes = 64 << 10
 func New(ctx context.Context, opts Options) (http.Handler, error) {
 	rt := newRouter()
 	mux := runtime.NewServeMux(
-		// Only Authorization (which the gateway always forwards as
-		// "authorization") and Idempotency-Key reach the service.
+		// Of the client's headers only Authorization (which the gateway
+		// always forwards as "authorization") and Idempotency-Key reach the
+		// service as such. grpc-gateway adds x-forwarded-for (the client's
+		// X-Forwarded-For plus the TCP peer) and x-forwarded-host itself,
+		// and turns Grpc-Timeout into a deadline (which the server caps);
+		// authentication believes x-forwarded-for only from trusted proxies.
 		// Forwarding nothing else keeps clients from planting metadata,
 		// such as a second credential via Grpc-Metadata-Authorization.
 		runtime.WithIncomingHeaderMatcher(func(key string) (string, bool) {

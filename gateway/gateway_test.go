@@ -347,6 +347,23 @@ func TestFormPostIsNotServedAsGet(t *testing.T) {
 			t.Errorf("form POST %s: status %d, Invoke calls %q; want 405 and no call", p, rec.Code, got)
 		}
 	}
+	// Where POST is routed too, a form POST asking to be taken for a GET
+	// (grpc-gateway's X-HTTP-Method-Override, on a path-length fallback)
+	// is neither a list nor a create.
+	for _, rt := range tableBindings() {
+		if rt.method != http.MethodPost {
+			continue
+		}
+		conn.reset()
+		req := httptest.NewRequest(http.MethodPost, concrete(rt.template), strings.NewReader("limit=1"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("X-HTTP-Method-Override", http.MethodGet)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if got := conn.invoked(); len(got) != 0 || rec.Code != http.StatusUnsupportedMediaType {
+			t.Errorf("form POST %s with X-HTTP-Method-Override: GET: status %d, Invoke calls %q; want 415 and no call", rt.template, rec.Code, got)
+		}
+	}
 }
 
 func TestUnknownPaths(t *testing.T) {
