@@ -264,8 +264,9 @@ func snapshot(t *testing.T, s *testServer, secret string) string {
 	return strings.Join(out, "\n")
 }
 
-// wantProblem checks that the answer is a problem with the status and,
-// for 400, that its errors name exactly fields (none: no errors member).
+// wantProblem checks that the answer is a problem with the status and
+// that its errors name exactly fields. With no fields given, errors is not
+// looked at; an explicit empty list requires that there is none.
 func wantProblem(t *testing.T, resp *http.Response, body []byte, status int, fields ...string) problem {
 	t.Helper()
 	if resp.StatusCode != status {

@@ -17,6 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"github.com/tokend/tokend/service/testutil"
 )
 
@@ -232,9 +236,16 @@ func TestProcess(t *testing.T) {
 	if status, body := procGet(t, srv.http, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), wrong); status != http.StatusUnauthorized {
 		t.Errorf("GET with an unknown secret: status %d, body %s", status, body)
 	}
-	// The gRPC address is real too.
-	if !strings.HasPrefix(srv.grpc, "127.0.0.1:") || strings.HasSuffix(srv.grpc, ":0") {
-		t.Errorf("gRPC address %q", srv.grpc)
+	// The gRPC address it logged serves too.
+	conn, err := grpc.NewClient("passthrough:///"+srv.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if resp, err := healthpb.NewHealthClient(conn).Check(hctx, &healthpb.HealthCheckRequest{}); err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("gRPC health at the logged address %s: %v, %v", srv.grpc, resp.GetStatus(), err)
 	}
 
 	t.Run("second serve is refused", func(t *testing.T) {

@@ -195,6 +195,11 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		return cfg, fmt.Errorf("%w: --trace-sample-ratio must be a number from 0 to 1, got %q", errUsage, sampleRatio)
 	}
 	if err := cfg.Tracing.Validate(); err != nil {
+		var ce *telemetry.ConfigError
+		if errors.As(err, &ce) {
+			flag := map[string]string{"Endpoint": "otlp-endpoint", "Protocol": "otlp-protocol", "SampleRatio": "trace-sample-ratio"}[ce.Field]
+			return cfg, fmt.Errorf("%w: --%s: %v", errUsage, flag, err)
+		}
 		return cfg, fmt.Errorf("%w: %v", errUsage, err)
 	}
 	if cfg.GRPC.MaxRecvMsgBytes, err = strconv.Atoi(grpcRecv); err != nil || cfg.GRPC.MaxRecvMsgBytes < 4096 {

@@ -91,7 +91,7 @@ func TestCheck(t *testing.T) {
 		{"upper-case prefix", "TKD_" + body},
 		{"other prefix", "ghp_" + body},
 		{"dash instead of underscore", "tkd-" + body},
-		{"prefix moved", body[:4] + Prefix + body[4:Len-8]},
+		{"prefix moved", body[:4] + Prefix + body[4:]}, // full length: only the prefix check can refuse it
 		{"underscore in body", valid[:10] + "_" + valid[11:]},
 		{"dash in body", valid[:10] + "-" + valid[11:]},
 		{"space in body", valid[:10] + " " + valid[11:]},

@@ -47,20 +47,30 @@ type TracingConfig struct {
 	ServiceVersion string
 }
 
-// Validate reports a configuration NewTracing would refuse.
+// ConfigError names the TracingConfig field whose value NewTracing
+// refuses.
+type ConfigError struct {
+	Field string // "Endpoint", "Protocol" or "SampleRatio"
+	Msg   string
+}
+
+func (e *ConfigError) Error() string { return e.Msg }
+
+// Validate reports a configuration NewTracing would refuse, as a
+// *ConfigError.
 func (c TracingConfig) Validate() error {
 	if !(c.SampleRatio >= 0 && c.SampleRatio <= 1) {
-		return fmt.Errorf("trace sample ratio %v is not between 0 and 1", c.SampleRatio)
+		return &ConfigError{"SampleRatio", fmt.Sprintf("trace sample ratio %v is not between 0 and 1", c.SampleRatio)}
 	}
 	if c.Endpoint == "" {
 		return nil
 	}
 	u, err := url.Parse(c.Endpoint)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("OTLP endpoint %q is not an http:// or https:// URL", c.Endpoint)
+		return &ConfigError{"Endpoint", fmt.Sprintf("OTLP endpoint %q is not an http:// or https:// URL", c.Endpoint)}
 	}
 	if c.Protocol != ProtocolGRPC && c.Protocol != ProtocolHTTP {
-		return fmt.Errorf("OTLP protocol %q is not %s or %s", c.Protocol, ProtocolGRPC, ProtocolHTTP)
+		return &ConfigError{"Protocol", fmt.Sprintf("OTLP protocol %q is not %s or %s", c.Protocol, ProtocolGRPC, ProtocolHTTP)}
 	}
 	return nil
 }

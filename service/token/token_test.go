@@ -179,7 +179,9 @@ func TestValidateUserID(t *testing.T) {
 }
 
 func TestErrorsAreDistinct(t *testing.T) {
-	errs := []error{ErrNotFound, ErrUserNotFound, ErrInvalid}
+	// The rpc layer maps each to its own status and message: one wrapping
+	// another would send, say, a missing user's answer for a missing token.
+	errs := []error{ErrNotFound, ErrUserNotFound, ErrInvalid, ErrConflict}
 	for i, a := range errs {
 		for j, b := range errs {
 			if i != j && errors.Is(a, b) {
