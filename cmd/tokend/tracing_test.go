@@ -227,3 +227,25 @@ func TestTracingOffByDefault(t *testing.T) {
 		t.Errorf("the start line does not say tracing is off:\n%s", srv.logs)
 	}
 }
+
+// TestTracingIgnoresClientSampling: sampling follows the server's ratio,
+// not the client's sampled flag. At ratio 0, a client asking for its
+// request to be sampled gets no span exported, yet still its trace id.
+func TestTracingIgnoresClientSampling(t *testing.T) {
+	col := &collector{}
+	srv := startServer(t, "", "--otlp-endpoint", startGRPCCollector(t, col), "--trace-sample-ratio", "0")
+	tok := createToken(t, srv.db, "alice", "ci")
+	const trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	resp, _ := srv.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), bearer(tok.Secret), "Traceparent: 00-"+trace+"-00f067aa0ba902b7-01")
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Trace-Id") != trace {
+		t.Fatalf("REST GET: %d, X-Trace-Id %q, want 200 and %s", resp.StatusCode, resp.Header.Get("X-Trace-Id"), trace)
+	}
+	if err := srv.stop(); err != nil {
+		t.Fatal(err)
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	if len(col.spans) != 0 {
+		t.Errorf("%d spans exported at sample ratio 0, because the client's flag said sampled", len(col.spans))
+	}
+}
