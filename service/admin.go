@@ -49,8 +49,8 @@ func checkUser(user string) error {
 }
 
 // CreateToken mints a token for a user.
-func (s *AdminService) CreateToken(_ context.Context, req *adminv1.CreateTokenRequest) (*adminv1.CreateTokenResponse, error) {
-	c, err := s.tokens.Create(AdminCreateInput(req))
+func (s *AdminService) CreateToken(ctx context.Context, req *adminv1.CreateTokenRequest) (*adminv1.CreateTokenResponse, error) {
+	c, err := s.tokens.Create(ctx, AdminCreateInput(req))
 	if err != nil {
 		return nil, err
 	}
@@ -58,11 +58,11 @@ func (s *AdminService) CreateToken(_ context.Context, req *adminv1.CreateTokenRe
 }
 
 // RevokeToken revokes one of a user's tokens; it is idempotent.
-func (s *AdminService) RevokeToken(_ context.Context, req *adminv1.RevokeTokenRequest) (*adminv1.RevokeTokenResponse, error) {
+func (s *AdminService) RevokeToken(ctx context.Context, req *adminv1.RevokeTokenRequest) (*adminv1.RevokeTokenResponse, error) {
 	if err := checkUser(req.GetUserId()); err != nil {
 		return nil, err
 	}
-	t, err := s.tokens.Revoke(req.GetUserId(), req.GetTokenId())
+	t, err := s.tokens.Revoke(ctx, req.GetUserId(), req.GetTokenId())
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +94,7 @@ func (s *AdminService) GetToken(_ context.Context, req *adminv1.GetTokenRequest)
 }
 
 // UpdateToken changes a user's token.
-func (s *AdminService) UpdateToken(_ context.Context, req *adminv1.UpdateTokenRequest) (*adminv1.UpdateTokenResponse, error) {
+func (s *AdminService) UpdateToken(ctx context.Context, req *adminv1.UpdateTokenRequest) (*adminv1.UpdateTokenResponse, error) {
 	if err := checkUser(req.GetUserId()); err != nil {
 		return nil, err
 	}
@@ -102,7 +102,7 @@ func (s *AdminService) UpdateToken(_ context.Context, req *adminv1.UpdateTokenRe
 	if err != nil {
 		return nil, err
 	}
-	t, err := s.tokens.Update(in)
+	t, err := s.tokens.Update(ctx, in)
 	if err != nil {
 		return nil, err
 	}
@@ -110,11 +110,11 @@ func (s *AdminService) UpdateToken(_ context.Context, req *adminv1.UpdateTokenRe
 }
 
 // RotateToken gives a user's token a new secret.
-func (s *AdminService) RotateToken(_ context.Context, req *adminv1.RotateTokenRequest) (*adminv1.RotateTokenResponse, error) {
+func (s *AdminService) RotateToken(ctx context.Context, req *adminv1.RotateTokenRequest) (*adminv1.RotateTokenResponse, error) {
 	if err := checkUser(req.GetUserId()); err != nil {
 		return nil, err
 	}
-	r, err := s.tokens.Rotate(req.GetUserId(), req.GetTokenId(), seconds(req.GetGracePeriodSeconds()), "grace-period")
+	r, err := s.tokens.Rotate(ctx, req.GetUserId(), req.GetTokenId(), seconds(req.GetGracePeriodSeconds()), "grace-period")
 	if err != nil {
 		return nil, err
 	}

@@ -108,7 +108,7 @@ func (s *TokenService) CreateToken(ctx context.Context, req *tokenv1.CreateToken
 	default:
 		return nil, violation("Idempotency-Key", "give at most one Idempotency-Key")
 	}
-	c, err := s.tokens.Create(in)
+	c, err := s.tokens.Create(ctx, in)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +162,7 @@ func (s *TokenService) UpdateToken(ctx context.Context, req *tokenv1.UpdateToken
 	if err != nil {
 		return nil, err
 	}
-	t, err := s.tokens.Update(in)
+	t, err := s.tokens.Update(ctx, in)
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +194,7 @@ func (s *TokenService) RevokeToken(ctx context.Context, req *tokenv1.RevokeToken
 	if err != nil {
 		return nil, err
 	}
-	t, err := s.tokens.Revoke(p.UserID, req.GetTokenId())
+	t, err := s.tokens.Revoke(ctx, p.UserID, req.GetTokenId())
 	if err != nil {
 		return nil, err
 	}
@@ -207,7 +207,7 @@ func (s *TokenService) RotateToken(ctx context.Context, req *tokenv1.RotateToken
 	if err != nil {
 		return nil, err
 	}
-	r, err := s.tokens.Rotate(p.UserID, req.GetTokenId(), seconds(req.GetGracePeriodSeconds()), "grace_period_seconds")
+	r, err := s.tokens.Rotate(ctx, p.UserID, req.GetTokenId(), seconds(req.GetGracePeriodSeconds()), "grace_period_seconds")
 	if err != nil {
 		return nil, err
 	}

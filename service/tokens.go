@@ -6,6 +6,7 @@
 package service
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
@@ -70,7 +71,32 @@ func NewTokens(st *store.Store, rec *usage.Recorder, limits Limits, now func() t
 // and adds the uses not yet on disk to the result. Unlike fresh it never
 // runs write twice: if a usage flush commits meanwhile, it reads the token
 // again instead.
-func (s *Tokens) written(write func() (token.Token, error)) (token.Token, error) {
+//
+// It returns when ctx ends even if the write has not: a write waits for
+// the store's writer lock, which a hung disk can hold forever, and the
+// call's deadline (capped by the server) must still end the call. The
+// write then finishes, or not, on its own; the caller cannot know which,
+// as with any timed-out request. Writes are rare beside reads, so the
+// goroutine this costs does not show.
+func (s *Tokens) written(ctx context.Context, write func() (token.Token, error)) (token.Token, error) {
+	type result struct {
+		t   token.Token
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		t, err := s.writeThenFresh(write)
+		done <- result{t, err}
+	}()
+	select {
+	case r := <-done:
+		return r.t, r.err
+	case <-ctx.Done():
+		return token.Token{}, ctx.Err()
+	}
+}
+
+func (s *Tokens) writeThenFresh(write func() (token.Token, error)) (token.Token, error) {
 	if s.usage == nil {
 		return write()
 	}
@@ -185,7 +211,7 @@ func ceilSecond(t time.Time) time.Time {
 }
 
 // Create validates in and mints a token; only the secret's hash is stored.
-func (s *Tokens) Create(in CreateInput) (Created, error) {
+func (s *Tokens) Create(ctx context.Context, in CreateInput) (Created, error) {
 	now := s.now()
 	t, err := ValidateCreate(in, s.limits, now)
 	if err != nil {
@@ -210,7 +236,7 @@ func (s *Tokens) Create(in CreateInput) (Created, error) {
 		}
 	}
 	var replay *store.Replay
-	t, err = s.written(func() (token.Token, error) {
+	t, err = s.written(ctx, func() (token.Token, error) {
 		created, r, err := s.store.Create(t, opts)
 		replay = r
 		return created, err
@@ -367,7 +393,7 @@ type UpdateInput struct {
 }
 
 // Update changes a token's name and/or allowed IPs.
-func (s *Tokens) Update(in UpdateInput) (token.Token, error) {
+func (s *Tokens) Update(ctx context.Context, in UpdateInput) (token.Token, error) {
 	id, err := tokenID(in.TokenID)
 	if err != nil {
 		return token.Token{}, err
@@ -387,7 +413,7 @@ func (s *Tokens) Update(in UpdateInput) (token.Token, error) {
 	if err := v.Err(); err != nil {
 		return token.Token{}, err
 	}
-	return s.written(func() (token.Token, error) {
+	return s.written(ctx, func() (token.Token, error) {
 		return s.store.Mutate(in.UserID, id, func(t *token.Token) error {
 			if in.Name != nil {
 				t.Name = *in.Name
@@ -401,12 +427,12 @@ func (s *Tokens) Update(in UpdateInput) (token.Token, error) {
 }
 
 // Revoke revokes user's token id; revoking twice is not an error.
-func (s *Tokens) Revoke(user string, id int64) (token.Token, error) {
+func (s *Tokens) Revoke(ctx context.Context, user string, id int64) (token.Token, error) {
 	uid, err := tokenID(id)
 	if err != nil {
 		return token.Token{}, err
 	}
-	return s.written(func() (token.Token, error) { return s.store.Revoke(user, uid, s.now()) })
+	return s.written(ctx, func() (token.Token, error) { return s.store.Revoke(user, uid, s.now()) })
 }
 
 // Rotated is the result of Rotate.
@@ -420,7 +446,7 @@ type Rotated struct {
 // Rotate gives user's token id a new secret. The old one keeps working for
 // grace (capped by the limits), so clients can roll over. Revoked and
 // expired tokens cannot be rotated.
-func (s *Tokens) Rotate(user string, id int64, grace time.Duration, graceField string) (Rotated, error) {
+func (s *Tokens) Rotate(ctx context.Context, user string, id int64, grace time.Duration, graceField string) (Rotated, error) {
 	uid, err := tokenID(id)
 	if err != nil {
 		return Rotated{}, err
@@ -444,7 +470,7 @@ func (s *Tokens) Rotate(user string, id int64, grace time.Duration, graceField s
 		until = ceilSecond(now.Add(grace))
 	}
 	rotate := rotateFunc(now, until, grace, sec)
-	t, err := s.written(func() (token.Token, error) { return s.store.Mutate(user, uid, rotate) })
+	t, err := s.written(ctx, func() (token.Token, error) { return s.store.Mutate(user, uid, rotate) })
 	if err != nil {
 		return Rotated{}, err
 	}

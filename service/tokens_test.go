@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"path/filepath"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/store"
+	"github.com/tokend/tokend/service/token"
 	"github.com/tokend/tokend/service/usage"
 )
 
@@ -28,7 +30,7 @@ func TestWritesRunOnceWhileUsageFlushes(t *testing.T) {
 		t.Fatal(err)
 	}
 	tokens := NewTokens(st, rec, DefaultLimits(), time.Now)
-	c, err := tokens.Create(CreateInput{UserID: "alice", Name: "rotating"})
+	c, err := tokens.Create(context.Background(), CreateInput{UserID: "alice", Name: "rotating"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +49,7 @@ func TestWritesRunOnceWhileUsageFlushes(t *testing.T) {
 	}()
 	sec := c.Secret
 	for i := range 100 {
-		r, err := tokens.Rotate("alice", int64(c.Token.ID), time.Hour, "grace")
+		r, err := tokens.Rotate(context.Background(), "alice", int64(c.Token.ID), time.Hour, "grace")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -60,7 +62,7 @@ func TestWritesRunOnceWhileUsageFlushes(t *testing.T) {
 	}
 	before, _, _ := tokens.List(ListInput{UserID: "alice", Limit: -1})
 	for range 50 {
-		if _, err := tokens.Create(CreateInput{UserID: "alice", Name: "x"}); err != nil {
+		if _, err := tokens.Create(context.Background(), CreateInput{UserID: "alice", Name: "x"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -69,5 +71,56 @@ func TestWritesRunOnceWhileUsageFlushes(t *testing.T) {
 	after, _, _ := tokens.List(ListInput{UserID: "alice", Limit: -1})
 	if len(after)-len(before) != 50 {
 		t.Errorf("50 creates made %d tokens", len(after)-len(before))
+	}
+}
+
+// TestWriteEndsAtTheCallDeadline holds the store's writer lock, as a hung
+// disk would, and checks that a revoke gives up when its context (the
+// call's deadline, which the server caps) ends, instead of waiting for the
+// lock; and that the write, once the lock is free, still happens exactly
+// as asked.
+func TestWriteEndsAtTheCallDeadline(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "t.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	tokens := NewTokens(st, nil, DefaultLimits(), time.Now)
+	c, err := tokens.Create(context.Background(), CreateInput{UserID: "alice", Name: "stuck"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, held := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // a write that holds the lock until released
+		defer wg.Done()
+		_, _ = st.Mutate("alice", c.Token.ID, func(*token.Token) error {
+			close(held)
+			<-release
+			return nil
+		})
+	}()
+	<-held
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := tokens.Revoke(ctx, "alice", int64(c.Token.ID)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Revoke while the writer lock is held = %v, want DeadlineExceeded", err)
+	}
+	close(release)
+	wg.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := st.GetForUser("alice", c.Token.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got.RevokedAt.IsZero() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the timed-out revoke never took effect once the lock was free")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

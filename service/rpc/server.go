@@ -62,7 +62,9 @@ type ServerLimits struct {
 	MaxConcurrentStreams uint32
 	// MaxCallDuration caps every call's deadline, whatever the client asks
 	// for (its own deadline, or the gateway's Grpc-Timeout header): a call
-	// that reaches it ends with DeadlineExceeded (REST: 504).
+	// that reaches it ends with DeadlineExceeded (REST: 504). Reads do not
+	// wait on anything; a write stops waiting for the disk then (and may
+	// still complete afterwards).
 	MaxCallDuration time.Duration
 }
 
