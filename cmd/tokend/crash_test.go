@@ -116,7 +116,7 @@ func TestCrashKill9(t *testing.T) {
 		t.Skip("builds and runs the tokend binary, then kills it")
 	}
 	dir := t.TempDir()
-	bin := procBuild(t, dir)
+	bin := procBuild(t)
 	db := filepath.Join(dir, "tokend.db")
 	const user = "alice"
 

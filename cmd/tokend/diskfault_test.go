@@ -55,7 +55,7 @@ func TestDiskFailure(t *testing.T) {
 		t.Skip("builds and runs the tokend binary")
 	}
 	dir := t.TempDir()
-	bin := procBuild(t, dir)
+	bin := procBuild(t)
 	db := filepath.Join(dir, "tokend.db")
 	srv := procStart(t, bin, db, "--usage-flush-interval", "100ms")
 	pid := srv.cmd.Process.Pid

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,25 +25,50 @@ import (
 	"github.com/tokend/tokend/service/testutil"
 )
 
-// procBuild builds the tokend binary into dir, as a user would get it.
-func procBuild(t *testing.T, dir string) string {
+// procBuild returns the tokend binary, built as a user would get it. It is
+// built once per test run (each build takes seconds) into a directory
+// removed when the tests end (TestMain).
+func procBuild(t *testing.T) string {
 	t.Helper()
-	goTool, err := exec.LookPath("go")
+	bin, err := builtBinary()
 	if err != nil {
-		if root := os.Getenv("GOROOT"); root != "" {
-			goTool = filepath.Join(root, "bin", "go")
-		} else {
-			t.Fatalf("no go tool to build tokend with: %v", err)
-		}
-	}
-	bin := filepath.Join(dir, "tokend")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, goTool, "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+		t.Fatal(err)
 	}
 	return bin
+}
+
+var (
+	binDir      string // set by TestMain
+	builtBinary = sync.OnceValues(func() (string, error) {
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			root := os.Getenv("GOROOT")
+			if root == "" {
+				return "", fmt.Errorf("no go tool to build tokend with: %w", err)
+			}
+			goTool = filepath.Join(root, "bin", "go")
+		}
+		bin := filepath.Join(binDir, "tokend")
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		if out, err := exec.CommandContext(ctx, goTool, "build", "-o", bin, ".").CombinedOutput(); err != nil {
+			return "", fmt.Errorf("go build: %w\n%s", err, out)
+		}
+		return bin, nil
+	})
+)
+
+// TestMain gives the shared binary a directory and removes it afterwards.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "tokend-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // child is `tokend serve` running as a child process.
@@ -195,7 +221,7 @@ func TestProcess(t *testing.T) {
 		t.Skip("builds and runs the tokend binary")
 	}
 	dir := t.TempDir()
-	bin := procBuild(t, dir)
+	bin := procBuild(t)
 	db := filepath.Join(dir, "tokend.db")
 
 	srv := procStart(t, bin, db)

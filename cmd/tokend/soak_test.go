@@ -144,7 +144,7 @@ func TestSoak(t *testing.T) {
 		t.Fatalf("OpenAPI contract: %v", err)
 	}
 	dir := t.TempDir()
-	bin := procBuild(t, dir)
+	bin := procBuild(t)
 	db := filepath.Join(dir, "tokend.db")
 	// Throttling is off: the invalid requests all come from 127.0.0.1 and
 	// would otherwise turn the rest of the run into 429s. The throttle has
