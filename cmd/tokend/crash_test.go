@@ -367,6 +367,11 @@ func TestCrashKill9(t *testing.T) {
 	if code := srv2.wait(t, 10*time.Second); code != 0 {
 		t.Fatalf("restarted tokend serve exited %d after SIGTERM, want 0\nstderr:\n%s", code, srv2.stderr)
 	}
+	for _, logs := range []string{srv.stderr.String(), srv2.stderr.String()} {
+		if leak := logLeak(logs); leak != "" {
+			t.Errorf("a server log contains %q", leak)
+		}
+	}
 	st, err = store.Open(db, store.Options{LockTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatalf("store.Open after graceful stop: %v", err)

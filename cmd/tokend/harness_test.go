@@ -22,6 +22,20 @@ import (
 	"github.com/tokend/tokend/service/testutil"
 )
 
+// logLeak returns the first thing in a server's log that no log may hold,
+// or "": a secret (they all start with the prefix), an Authorization value,
+// or a secret's hash however it would be rendered (64 hex digits, 44
+// padded base64 characters, or 32 bytes as a list of numbers; trace ids
+// are 32 hex digits). Every e2e test runs it on its servers' logs.
+func logLeak(logs string) string {
+	for _, leak := range []string{secret.Prefix, "Bearer "} {
+		if strings.Contains(logs, leak) {
+			return leak
+		}
+	}
+	return hashLike.FindString(logs)
+}
+
 // hashLike matches the renderings of a 32-byte hash in a log.
 var hashLike = regexp.MustCompile(`[0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=|\[(\d{1,3}[, ]){31}\d{1,3}\]`)
 
@@ -85,19 +99,9 @@ func startServer(t *testing.T, db string, extra ...string) *testServer {
 			t.Errorf("server stop: %v", err)
 		}
 		// Every end-to-end test's whole server log, after every request it
-		// made, must hold no secret (they all start with the prefix) and no
-		// Authorization value.
-		logs := s.logs.String()
-		for _, leak := range []string{secret.Prefix, "Bearer "} {
-			if strings.Contains(logs, leak) {
-				t.Errorf("the server log contains %q:\n%s", leak, logs)
-			}
-		}
-		// Nor a secret's hash, however it would be rendered: 64 hex digits,
-		// 44 padded base64 characters, or 32 bytes as a list of numbers. (Trace
-		// ids are 32 hex digits.)
-		if m := hashLike.FindString(logs); m != "" {
-			t.Errorf("the server log contains what looks like a secret hash, %q:\n%s", m, logs)
+		// made, must be clean.
+		if leak := logLeak(s.logs.String()); leak != "" {
+			t.Errorf("the server log contains %q:\n%s", leak, s.logs)
 		}
 	})
 	return s

@@ -330,15 +330,12 @@ func TestProcess(t *testing.T) {
 			t.Fatalf("no request was logged, so there is nothing to check:\n%s", logs)
 		}
 		for _, s := range []string{tok.Secret, wrong} {
-			if strings.Contains(logs, s) {
-				t.Errorf("log contains secret %s", s)
-			}
 			if body := strings.TrimPrefix(s, "tkd_"); strings.Contains(logs, body) {
-				t.Errorf("log contains the body of secret %s", s)
+				t.Errorf("log contains (the body of) secret %s", s)
 			}
 		}
-		if strings.Contains(logs, "Bearer") {
-			t.Errorf("log contains \"Bearer\":\n%s", logs)
+		if leak := logLeak(logs); leak != "" {
+			t.Errorf("log contains %q:\n%s", leak, logs)
 		}
 	})
 }

@@ -821,7 +821,7 @@ func (l *soakLog) Write(p []byte) (int, error) {
 func (l *soakLog) line(b []byte) {
 	l.lines++
 	text := string(b)
-	if bytes.Contains(b, []byte(secret.Prefix)) || bytes.Contains(b, []byte("Bearer ")) {
+	if logLeak(text) != "" {
 		l.leaks = append(l.leaks, l.lines)
 		text = "(a line holding a secret, withheld)"
 	}
