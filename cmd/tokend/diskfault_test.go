@@ -363,15 +363,3 @@ func TestDiskFailure(t *testing.T) {
 		t.Errorf("tokens on disk: %v, want %v: refused writes must leave nothing", names, want)
 	}
 }
-
-// procLogLines returns every JSON log line with the given msg.
-func procLogLines(logs, msg string) []map[string]any {
-	var out []map[string]any
-	for line := range strings.Lines(logs) {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == msg {
-			out = append(out, m)
-		}
-	}
-	return out
-}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -162,15 +161,22 @@ func procStart(t *testing.T, bin, db string, extra ...string) *procServer {
 	return p
 }
 
-// procLogLine finds the first JSON log line with the given msg.
-func procLogLine(logs, msg string) (map[string]any, bool) {
-	sc := bufio.NewScanner(strings.NewReader(logs))
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
+// procLogLines returns every JSON log line with the given msg.
+func procLogLines(logs, msg string) []map[string]any {
+	var out []map[string]any
+	for line := range strings.Lines(logs) {
 		var m map[string]any
-		if json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == msg {
-			return m, true
+		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == msg {
+			out = append(out, m)
 		}
+	}
+	return out
+}
+
+// procLogLine returns the first JSON log line with the given msg.
+func procLogLine(logs, msg string) (map[string]any, bool) {
+	if lines := procLogLines(logs, msg); len(lines) > 0 {
+		return lines[0], true
 	}
 	return nil, false
 }
