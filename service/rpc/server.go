@@ -135,11 +135,12 @@ type Public struct {
 // NewPublic builds the public gRPC server with TokenService, health and
 // reflection, and an in-process Channel to TokenService. Both run one chain:
 // request edge (trace id, log line) → error mapping → deadline cap → panic
-// recovery → authentication (skipped for health and reflection) → handler.
-// The network server also has, outside that chain, the tracing stats
-// handler and the metrics interceptor (the gateway instruments REST
-// requests itself, at the HTTP edge).
-func NewPublic(d Deps, opts ...grpc.ServerOption) *Public {
+// recovery → authentication (skipped for health checks) → handler. The
+// network server also has, outside that chain, the tracing stats handler
+// and the metrics interceptor (the gateway instruments REST requests
+// itself, at the HTTP edge). The chain is unary: the streaming methods of
+// reflection and health (Watch) need no token and run without it, unlogged.
+func NewPublic(d Deps) *Public {
 	limits := d.Server.orDefault()
 	interceptors := []grpc.UnaryServerInterceptor{
 		edgeInterceptor(d.Logger),
@@ -152,8 +153,7 @@ func NewPublic(d Deps, opts ...grpc.ServerOption) *Public {
 	if m := d.Metrics.UnaryServerInterceptor(); m != nil {
 		network = append([]grpc.UnaryServerInterceptor{m}, interceptors...)
 	}
-	opts = append(append(append(serverOptions(limits), d.Tracing.ServerOptions()...),
-		grpc.ChainUnaryInterceptor(network...)), opts...)
+	opts := append(append(serverOptions(limits), d.Tracing.ServerOptions()...), grpc.ChainUnaryInterceptor(network...))
 	srv := grpc.NewServer(opts...)
 	tokens := service.NewTokenService(service.NewTokens(d.Store, d.Usage, d.Limits, d.Now), d.Now)
 	tokenv1.RegisterTokenServiceServer(srv, tokens)
@@ -185,11 +185,11 @@ func NewAdmin(d Deps) (*grpc.Server, *Channel) {
 	return srv, local
 }
 
-// isPublicMethod lists the methods that need no bearer token: probes and
-// schema discovery, which reveal nothing about any token.
+// isPublicMethod lists the unary methods that need no bearer token: health
+// checks, which reveal nothing about any token. (Reflection is streaming
+// only, so the unary chain never sees it.)
 func isPublicMethod(fullMethod string) bool {
-	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/") ||
-		strings.HasPrefix(fullMethod, "/grpc.reflection.")
+	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/")
 }
 
 // chainUnary composes interceptors in order, outermost first, for the

@@ -3,10 +3,16 @@ package rpc
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tokend/tokend/service/testutil"
 )
 
 // TestDeadlineInterceptorCaps checks that a call cannot outlive the cap,
@@ -49,5 +55,30 @@ func TestDeadlineInterceptorCaps(t *testing.T) {
 	}
 	if status := toStatus(context.DeadlineExceeded); status.Code().String() != "DeadlineExceeded" {
 		t.Errorf("a capped call maps to %v, want DeadlineExceeded", status.Code())
+	}
+}
+
+// TestRecoverTurnsPanicIntoInternal runs the chain's error mapping and
+// panic recovery around a handler that panics: the caller gets Internal
+// with the generic message (never the panic value), the panic and its
+// stack are logged once, and the chain keeps serving.
+func TestRecoverTurnsPanicIntoInternal(t *testing.T) {
+	var logs testutil.SyncBuffer
+	chain := chainUnary(errorInterceptor(slog.New(slog.NewJSONHandler(&logs, nil))), recoverInterceptor())
+	info := &grpc.UnaryServerInfo{FullMethod: "/tokend.v1.TokenService/GetToken"}
+	_, err := chain(context.Background(), nil, info, func(context.Context, any) (any, error) {
+		panic("secret internals")
+	})
+	st := status.Convert(err)
+	if st.Code() != codes.Internal || st.Message() != msgInternal || Reason(st) != ReasonInternal {
+		t.Errorf("a panicking handler: %v %q (reason %q), want Internal %q", st.Code(), st.Message(), Reason(st), msgInternal)
+	}
+	out := logs.String()
+	if strings.Count(out, `"msg":"internal error"`) != 1 || !strings.Contains(out, "secret internals") || !strings.Contains(out, "goroutine") {
+		t.Errorf("log lacks one internal-error line with the panic and its stack:\n%s", out)
+	}
+	resp, err := chain(context.Background(), nil, info, func(context.Context, any) (any, error) { return "ok", nil })
+	if err != nil || resp != "ok" {
+		t.Errorf("after a panic: %v, %v; want the chain to keep serving", resp, err)
 	}
 }
