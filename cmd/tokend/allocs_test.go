@@ -57,7 +57,9 @@ func hotServerStore(tb testing.TB, m *telemetry.Metrics) (http.Handler, *rpc.Pub
 		tb.Fatal(err)
 	}
 	log := slog.New(slog.NewJSONHandler(discard{}, nil)) // format every line, as in production
-	public := rpc.NewPublic(rpc.Deps{Store: st, Auth: auth.New(st, rec, nil, time.Now), Usage: rec, Logger: log, Limits: service.DefaultLimits(), Now: time.Now, Metrics: m})
+	// As serve wires it, throttle included: its check runs on every request.
+	authn := auth.New(st, rec, nil, time.Now).WithThrottle(auth.NewThrottle(20, time.Minute, 100_000))
+	public := rpc.NewPublic(rpc.Deps{Store: st, Auth: authn, Usage: rec, Logger: log, Limits: service.DefaultLimits(), Now: time.Now, Metrics: m})
 	h, err := gateway.New(context.Background(), gateway.Options{Conn: public.Local, Logger: log, Metrics: m})
 	if err != nil {
 		tb.Fatal(err)
