@@ -28,6 +28,10 @@ import (
 	"github.com/tokend/tokend/service/usage"
 )
 
+// lockTimeout is how long a command waits for another process to release
+// the database file before saying it is in use.
+const lockTimeout = 2 * time.Second
+
 // serveConfig is the server's configuration, from flags and environment.
 type serveConfig struct {
 	DB              string
@@ -36,7 +40,6 @@ type serveConfig struct {
 	TrustedProxies  []netip.Prefix
 	LogFormat       string
 	ShutdownTimeout time.Duration
-	LockTimeout     time.Duration
 	Limits          service.Limits
 	MaxBodyBytes    int64
 	// FlushInterval is how often counted uses are written to disk: the
@@ -265,7 +268,6 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	if err != nil || cfg.ShutdownTimeout <= 0 {
 		return cfg, fmt.Errorf("%w: --shutdown-timeout must be a positive duration such as 10s, got %q", errUsage, shutdown)
 	}
-	cfg.LockTimeout = 2 * time.Second
 	return cfg, nil
 }
 
@@ -287,7 +289,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 // serve runs tokend until ctx is done, then drains in-flight requests
 // (bounded by cfg.ShutdownTimeout) and closes the database.
 func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(listening)) (err error) {
-	st, err := store.Open(cfg.DB, store.Options{LockTimeout: cfg.LockTimeout, CacheEntries: cfg.CacheEntries})
+	st, err := store.Open(cfg.DB, store.Options{LockTimeout: lockTimeout, CacheEntries: cfg.CacheEntries})
 	if err != nil {
 		if errors.Is(err, store.ErrInUse) {
 			return fmt.Errorf("database %s is in use by another process (is another tokend serve running?)", cfg.DB)
@@ -314,10 +316,10 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 			}
 		}
 	}()
-	tracing, err := telemetry.NewTracing(ctx, telemetry.TracingConfig{
-		Endpoint: cfg.Tracing.Endpoint, Protocol: cfg.Tracing.Protocol,
-		SampleRatio: cfg.Tracing.SampleRatio, ServiceVersion: versionString(),
-	})
+	version := versionString()
+	tc := cfg.Tracing
+	tc.ServiceVersion = version
+	tracing, err := telemetry.NewTracing(ctx, tc)
 	if err != nil {
 		return err
 	}
@@ -333,7 +335,7 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 		WithThrottle(auth.NewThrottle(cfg.AuthFailureLimit, cfg.AuthFailureWindow, 100_000))
 	var metrics *telemetry.Metrics
 	if cfg.MetricsAddr != "" {
-		metrics = telemetry.NewMetrics(telemetry.Sources{Usage: rec, DBSize: st.Size, Version: versionString()})
+		metrics = telemetry.NewMetrics(telemetry.Sources{Usage: rec, DBSize: st.Size, Version: version})
 		authn.WithObserver(metrics)
 	}
 	deps := rpc.Deps{

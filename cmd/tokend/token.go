@@ -226,7 +226,7 @@ func withAdmin(ctx context.Context, db string, mustExist bool, f func(adminv1.Ad
 		defer conn.Close()
 		return f(adminv1.NewAdminServiceClient(conn))
 	}
-	st, err := store.Open(db, store.Options{LockTimeout: 2 * time.Second, MustExist: mustExist})
+	st, err := store.Open(db, store.Options{LockTimeout: lockTimeout, MustExist: mustExist})
 	switch {
 	case errors.Is(err, store.ErrInUse):
 		return fmt.Errorf("database %s is in use, but no server answers on %s", db, sock)

@@ -130,12 +130,12 @@ func (t *Throttle) evict(now time.Time) {
 	}
 }
 
-// Len returns how many clients are tracked, for tests and metrics.
+// Len returns how many clients are tracked.
 func (t *Throttle) Len() int {
 	if t == nil {
 		return 0
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	t.mu.RLock()
+	defer t.mu.RUnlock()
 	return len(t.m)
 }
