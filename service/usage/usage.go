@@ -15,6 +15,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokend/tokend/service/token"
@@ -47,7 +48,7 @@ type Recorder struct {
 	spare    map[uint64]Delta // reused between flushes so steady state allocates nothing
 	inflight map[uint64]Delta // being written as batch `batch`
 	batch    uint64           // number of the in-flight or, if none, last batch
-	gen      uint64           // counts committed flushes; see Fresh
+	gen      atomic.Uint64    // counts committed flushes (changed under mu); see Fresh
 	lastErr  error            // of the last flush; nil once one succeeds
 	flushed  time.Time        // when disk last held every use recorded before it
 	failures uint64           // flushes that failed
@@ -96,15 +97,13 @@ func (r *Recorder) Record(id uint64, at time.Time) {
 // Flushes commit about once an interval, so the retry is rare.
 func (r *Recorder) Fresh(read func() ([]*token.Token, error)) error {
 	for {
-		r.mu.Lock()
-		gen := r.gen
-		r.mu.Unlock()
+		gen := r.gen.Load()
 		ts, err := read()
 		if err != nil {
 			return err
 		}
 		r.mu.Lock()
-		if r.gen != gen {
+		if r.gen.Load() != gen {
 			r.mu.Unlock()
 			continue
 		}
@@ -117,10 +116,9 @@ func (r *Recorder) Fresh(read func() ([]*token.Token, error)) error {
 }
 
 // Gen returns the count of committed flushes, to pass to ApplySince later.
+// Authentication calls it on every request, so it takes no lock.
 func (r *Recorder) Gen() uint64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.gen
+	return r.gen.Load()
 }
 
 // ApplySince adds the uses not yet on disk to t, a copy read from disk after
@@ -130,7 +128,7 @@ func (r *Recorder) Gen() uint64 {
 func (r *Recorder) ApplySince(t *token.Token, gen uint64) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.gen != gen {
+	if r.gen.Load() != gen {
 		return false
 	}
 	r.applyLocked(t)
@@ -188,7 +186,7 @@ func (r *Recorder) Flush() error {
 		r.lastErr = err
 		r.failures++
 	} else {
-		r.gen++
+		r.gen.Add(1)
 		r.lastErr = nil
 		r.flushed = swapped
 	}
@@ -230,7 +228,7 @@ type Stats struct {
 func (r *Recorder) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return Stats{Pending: r.nPending + r.nInflight, LastFlush: r.flushed, Flushes: r.gen, Failures: r.failures}
+	return Stats{Pending: r.nPending + r.nInflight, LastFlush: r.flushed, Flushes: r.gen.Load(), Failures: r.failures}
 }
 
 // Run flushes every interval until ctx is done. It does not flush at the
