@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -25,7 +24,7 @@ import (
 //
 // It decodes with no reflection and few allocations, which matters because
 // every authenticated request reads one. Version 1 records were JSON and
-// start with '{'; decode still reads them, and Open migrates them.
+// start with '{'; only the migration in Open reads them (decodeJSON).
 const recordFormat = 2
 
 const flagPrevHash = 1
@@ -124,9 +123,6 @@ func (r *reader) fail() {
 // decode parses a stored record. It copies everything out of val, which
 // bbolt owns only until the transaction ends.
 func decode(id uint64, val []byte) (token.Token, error) {
-	if len(val) > 0 && val[0] == '{' {
-		return decodeJSON(id, val)
-	}
 	r := reader{b: val}
 	if r.byte() != recordFormat {
 		return token.Token{}, fmt.Errorf("%w: unknown record format", ErrCorrupt)
@@ -183,8 +179,7 @@ type recordV1 struct {
 
 func decodeJSON(id uint64, val []byte) (token.Token, error) {
 	var r recordV1
-	dec := json.NewDecoder(bytes.NewReader(val))
-	if err := dec.Decode(&r); err != nil {
+	if err := json.Unmarshal(val, &r); err != nil {
 		return token.Token{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	t := token.Token{

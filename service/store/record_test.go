@@ -90,10 +90,13 @@ func TestMigrateV1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hash := [32]byte{4, 5, 6}
+	hash, prev := [32]byte{4, 5, 6}, [32]byte{9, 9}
+	// Mid-rotation (the old secret still in its grace period) and revoked
+	// later: every field a schema-1 record could hold.
 	rec, _ := json.Marshal(recordV1{
-		User: "alice", Name: "old", Hash: hash[:], Created: 1700000000, Expires: 1800000000,
-		LastUsed: 1700000300, Uses: 12, AllowedIPs: []string{"10.0.0.0/24", "203.0.113.12"},
+		User: "alice", Name: "old", Hash: hash[:], PrevHash: prev[:], PrevUntil: 1700000500,
+		Created: 1700000000, Expires: 1800000000, Revoked: 1750000000,
+		LastUsed: 1700000300, Uses: 12, UsageBatch: 3, AllowedIPs: []string{"10.0.0.0/24", "203.0.113.12"},
 	})
 	key := idKey(1)
 	err = db.Update(func(tx *bolt.Tx) error {
@@ -109,8 +112,10 @@ func TestMigrateV1(t *testing.T) {
 			return err
 		}
 		secrets, _ := tx.CreateBucket(bucketSecrets)
-		if err := secrets.Put(hash[:], key[:]); err != nil {
-			return err
+		for _, h := range [][32]byte{hash, prev} {
+			if err := secrets.Put(h[:], key[:]); err != nil {
+				return err
+			}
 		}
 		users, _ := tx.CreateBucket(bucketUsers)
 		ub, _ := users.CreateBucket([]byte("alice"))
@@ -131,8 +136,13 @@ func TestMigrateV1(t *testing.T) {
 	}
 	if got.Name != "old" || got.UsageCount != 12 || got.SecretHash != hash ||
 		!slices.Equal(got.AllowedIPs.Strings(), []string{"10.0.0.0/24", "203.0.113.12"}) ||
-		got.ExpiresAt.Unix() != 1800000000 || got.LastUsedAt.Unix() != 1700000300 {
+		got.ExpiresAt.Unix() != 1800000000 || got.LastUsedAt.Unix() != 1700000300 ||
+		got.PrevSecretHash != prev || got.PrevSecretUntil.Unix() != 1700000500 ||
+		got.RevokedAt.Unix() != 1750000000 || got.UsageBatch != 3 || got.CreatedAt.Unix() != 1700000000 {
 		t.Errorf("migrated token = %+v", got)
+	}
+	if err := s.Verify(); err != nil {
+		t.Errorf("Verify after migration: %v", err)
 	}
 	if l, err := s.Lookup(hash, time.Unix(1700000400, 0)); err != nil || l.ID != 1 {
 		t.Errorf("Lookup after migration = %+v, %v", l, err)

@@ -200,15 +200,14 @@ func migrate(tx *bolt.Tx, from byte) error {
 	if from != 1 {
 		return fmt.Errorf("%w: schema version %d", ErrCorrupt, from)
 	}
-	// Rewrite every token record from JSON to the binary form. decode reads
-	// both, so this is a loop of decode and put.
+	// Rewrite every token record from JSON to the binary form.
 	b := tx.Bucket(bucketTokens)
 	var ts []token.Token
 	err := b.ForEach(func(k, v []byte) error {
 		if len(k) != 8 {
 			return ErrCorrupt
 		}
-		t, err := decode(binary.BigEndian.Uint64(k), v)
+		t, err := decodeJSON(binary.BigEndian.Uint64(k), v)
 		if err != nil {
 			return err
 		}
