@@ -949,18 +949,34 @@ func TestRunLeavesNoUseBehindWhenCancelled(t *testing.T) {
 	st := openTemp(t)
 	a, _ := create(t, st, "judy", "a")
 	r := newRecorder(t, st)
-	for range 3 {
-		r.Record(a.ID, t0)
-	}
+	// Run flushes every millisecond while uses keep coming; it is
+	// cancelled in the middle of that.
 	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	runBounded(t, r, ctx, time.Hour)
-	if got, p := stored(t, st, a).UsageCount, r.Pending(); got+p != 3 {
-		t.Errorf("after Run returned on cancel: stored %d + pending %d, want 3", got, p)
+	done := make(chan struct{})
+	go func() {
+		r.Run(ctx, time.Millisecond)
+		close(done)
+	}()
+	const n = 2000
+	for i := range n {
+		r.Record(a.ID, t0)
+		if i == n/2 {
+			for r.Stats().Flushes == 0 { // make sure Run has flushed meanwhile
+				time.Sleep(time.Millisecond)
+			}
+		}
 	}
-	checkUsage(t, "merged after Run", merged(t, st, r, a), 3, t0)
+	cancel()
+	step(t, "Run to return", done)
+	if r.Stats().Flushes == 0 {
+		t.Fatal("Run never flushed")
+	}
+	if got, p := stored(t, st, a).UsageCount, r.Pending(); got+p != n {
+		t.Errorf("after Run returned on cancel: stored %d + pending %d, want %d", got, p, n)
+	}
+	checkUsage(t, "merged after Run", merged(t, st, r, a), n, t0)
 	flush(t, r)
-	checkUsage(t, "after the caller's Flush", stored(t, st, a), 3, t0)
+	checkUsage(t, "after the caller's Flush", stored(t, st, a), n, t0)
 }
 
 func TestRunLogsFailedFlushAndRetries(t *testing.T) {
