@@ -54,14 +54,14 @@ func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler 
 		// the body. A route with a body takes its input from the body alone.
 		r.URL.RawQuery = ""
 		if r.ContentLength > maxBytes {
-			writeProblem(w, r, http.StatusRequestEntityTooLarge, tooLarge(maxBytes))
+			refuseTooLarge(w, r, maxBytes)
 			return
 		}
 		data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBytes))
 		if err != nil {
 			var mbe *http.MaxBytesError
 			if errors.As(err, &mbe) {
-				writeProblem(w, r, http.StatusRequestEntityTooLarge, tooLarge(maxBytes))
+				refuseTooLarge(w, r, maxBytes)
 				return
 			}
 			writeProblem(w, r, http.StatusBadRequest, "The request body could not be read.")
@@ -247,4 +247,13 @@ func integer(raw json.RawMessage) (int64, bool) {
 	}
 	n, err := num.Int64()
 	return n, err == nil
+}
+
+// refuseTooLarge answers 413 and closes the connection: the rest of the
+// body is not worth reading. (net/http would close it by itself had
+// MaxBytesReader been handed its own ResponseWriter, which the edge's
+// wrappers hide.)
+func refuseTooLarge(w http.ResponseWriter, r *http.Request, maxBytes int64) {
+	w.Header().Set("Connection", "close")
+	writeProblem(w, r, http.StatusRequestEntityTooLarge, tooLarge(maxBytes))
 }

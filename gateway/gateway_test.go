@@ -651,3 +651,31 @@ func tableMethods(table []binding, p string) []string {
 	}
 	return methods
 }
+
+// TestTooLargeClosesTheConnection: after a 413, declared or found while
+// reading a chunked body, the server does not keep the connection to
+// drain what remains of the body.
+func TestTooLargeClosesTheConnection(t *testing.T) {
+	conn := &fakeConn{err: status.Error(codes.Internal, "must not be called")}
+	srv := httptest.NewServer(newHandler(t, conn, nil))
+	defer srv.Close()
+	big := bytes.Repeat([]byte("a"), DefaultMaxBodyBytes+1)
+	for name, body := range map[string]io.Reader{
+		"declared length": bytes.NewReader(big),
+		"chunked":         struct{ io.Reader }{bytes.NewReader(big)},
+	} {
+		req, err := http.NewRequest(http.MethodPost, srv.URL+"/api/v1/me/tokens", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || !resp.Close {
+			t.Errorf("%s: status %d, connection closed %v; want 413 and close", name, resp.StatusCode, resp.Close)
+		}
+	}
+}
