@@ -14,15 +14,10 @@ import (
 //go:embed openapi.json
 var openAPIDocument string
 
-// openAPIHandler serves the OpenAPI document (GET and HEAD) as
-// application/json. Any other method is 405 with an Allow header.
+// openAPIHandler serves the OpenAPI document as application/json (New
+// lets only GET and HEAD reach it).
 func openAPIHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			w.Header().Set("Allow", "GET, HEAD")
-			http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
-			return
-		}
 		h := w.Header()
 		h.Set("Content-Type", "application/json")
 		h.Set("X-Content-Type-Options", "nosniff")

@@ -15,6 +15,8 @@ import (
 	"github.com/pb33f/libopenapi"
 	validator "github.com/pb33f/libopenapi-validator"
 	"go.yaml.in/yaml/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // The OpenAPI document is the REST contract; these tests check that it is a
@@ -270,7 +272,7 @@ func TestOpenAPIObjectsAreClosed(t *testing.T) {
 }
 
 func TestOpenAPIHandler(t *testing.T) {
-	h := openAPIHandler()
+	h := newHandler(t, &fakeConn{err: status.Error(codes.Internal, "must not be called")}, nil)
 
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/openapi.json", nil))
@@ -300,18 +302,15 @@ func TestOpenAPIHandler(t *testing.T) {
 	for _, m := range []string{http.MethodPost, http.MethodPut, http.MethodDelete} {
 		rec = httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(m, "/openapi.json", nil))
-		if rec.Code != http.StatusMethodNotAllowed || !strings.Contains(rec.Header().Get("Allow"), "GET") {
-			t.Errorf("%s: status %d, Allow %q; want 405 allowing GET", m, rec.Code, rec.Header().Get("Allow"))
+		if rec.Code != http.StatusMethodNotAllowed || !strings.Contains(rec.Header().Get("Allow"), "GET") ||
+			rec.Header().Get("Content-Type") != "application/problem+json" {
+			t.Errorf("%s: status %d, Allow %q, Content-Type %q; want a 405 problem allowing GET", m, rec.Code, rec.Header().Get("Allow"), rec.Header().Get("Content-Type"))
 		}
 	}
 }
 
 func TestDocsHandler(t *testing.T) {
-	h, err := docsHandler()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(newHandler(t, &fakeConn{err: status.Error(codes.Internal, "must not be called")}, nil))
 	defer srv.Close()
 
 	resp, err := http.Get(srv.URL + "/docs")
@@ -383,7 +382,7 @@ func TestDocsHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") == "" {
-		t.Errorf("POST: status %d, Allow %q; want 405 with Allow", resp.StatusCode, resp.Header.Get("Allow"))
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") == "" || resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Errorf("POST: status %d, Allow %q, Content-Type %q; want a 405 problem with Allow", resp.StatusCode, resp.Header.Get("Allow"), resp.Header.Get("Content-Type"))
 	}
 }
