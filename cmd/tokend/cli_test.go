@@ -777,3 +777,31 @@ func TestCLIServeStopRightAfterStart(t *testing.T) {
 		cliAssertNotExist(t, socketPath(db))
 	}
 }
+
+// TestCLIWithoutServerAppliesEnvLimits: opening the file itself, the token
+// commands apply the limits the environment sets, as a server started with
+// that environment would, not the defaults; and a bad value is refused.
+func TestCLIWithoutServerAppliesEnvLimits(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "tokend.db")
+	env := map[string]string{"TOKEND_MAX_TOKENS_PER_USER": "1", "TOKEND_MAX_TOKEN_LIFETIME": "1h"}
+	runEnv := func(args ...string) (string, error) {
+		var stdout, stderr bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		err := run(ctx, args, func(k string) string { return env[k] }, &stdout, &stderr)
+		return stdout.String() + stderr.String(), err
+	}
+	if out, err := runEnv("token", "create", "--db", db, "--user", "alice", "--name", "one"); err != nil {
+		t.Fatalf("first create: %v\n%s", err, out)
+	}
+	if out, err := runEnv("token", "create", "--db", db, "--user", "alice", "--name", "two"); err == nil || !strings.Contains(out+err.Error(), "limit of 1") {
+		t.Errorf("second create under TOKEND_MAX_TOKENS_PER_USER=1: %v\n%s; want the limit refusal", err, out)
+	}
+	if out, err := runEnv("token", "create", "--db", db, "--user", "bob", "--name", "long", "--expires-in", "2h"); err == nil {
+		t.Errorf("create beyond TOKEND_MAX_TOKEN_LIFETIME=1h succeeded:\n%s", out)
+	}
+	env["TOKEND_MAX_TOKENS_PER_USER"] = "lots"
+	if _, err := runEnv("token", "list", "--db", db, "--user", "alice"); !errors.Is(err, errUsage) {
+		t.Errorf("a bad TOKEND_MAX_TOKENS_PER_USER: %v, want a usage error", err)
+	}
+}

@@ -234,14 +234,8 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	if cfg.FlushInterval, err = time.ParseDuration(flush); err != nil || cfg.FlushInterval < time.Millisecond || cfg.FlushInterval > time.Minute {
 		return cfg, fmt.Errorf("%w: --usage-flush-interval must be a duration from 1ms to 1m, got %q", errUsage, flush)
 	}
-	if cfg.Limits.MaxLifetime, err = time.ParseDuration(maxLifetime); err != nil || cfg.Limits.MaxLifetime < 0 {
-		return cfg, fmt.Errorf("%w: --max-token-lifetime must be a duration such as 8760h, got %q", errUsage, maxLifetime)
-	}
-	if cfg.Limits.MaxRotationGrace, err = time.ParseDuration(maxGrace); err != nil || cfg.Limits.MaxRotationGrace < 0 {
-		return cfg, fmt.Errorf("%w: --max-rotation-grace must be a duration such as 1h, got %q", errUsage, maxGrace)
-	}
-	if cfg.Limits.MaxLivePerUser, err = strconv.Atoi(maxLive); err != nil || cfg.Limits.MaxLivePerUser < 0 {
-		return cfg, fmt.Errorf("%w: --max-tokens-per-user must be a whole number, got %q", errUsage, maxLive)
+	if cfg.Limits, err = parseLimits(maxLifetime, maxGrace, maxLive); err != nil {
+		return cfg, err
 	}
 	if cfg.MaxBodyBytes, err = strconv.ParseInt(maxBody, 10, 64); err != nil || cfg.MaxBodyBytes < 1024 {
 		return cfg, fmt.Errorf("%w: --max-body-bytes must be a whole number of at least 1024, got %q", errUsage, maxBody)
@@ -269,6 +263,35 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		return cfg, fmt.Errorf("%w: --shutdown-timeout must be a positive duration such as 10s, got %q", errUsage, shutdown)
 	}
 	return cfg, nil
+}
+
+// parseLimits reads the limits on what users may ask for, as the flags
+// --max-token-lifetime, --max-rotation-grace and --max-tokens-per-user (or
+// their environment variables) spell them.
+func parseLimits(lifetime, grace, live string) (service.Limits, error) {
+	var l service.Limits
+	var err error
+	if l.MaxLifetime, err = time.ParseDuration(lifetime); err != nil || l.MaxLifetime < 0 {
+		return l, fmt.Errorf("%w: --max-token-lifetime must be a duration such as 8760h, got %q", errUsage, lifetime)
+	}
+	if l.MaxRotationGrace, err = time.ParseDuration(grace); err != nil || l.MaxRotationGrace < 0 {
+		return l, fmt.Errorf("%w: --max-rotation-grace must be a duration such as 1h, got %q", errUsage, grace)
+	}
+	if l.MaxLivePerUser, err = strconv.Atoi(live); err != nil || l.MaxLivePerUser < 0 {
+		return l, fmt.Errorf("%w: --max-tokens-per-user must be a whole number, got %q", errUsage, live)
+	}
+	return l, nil
+}
+
+// envLimits are the limits the environment sets, or the defaults: what the
+// token commands apply when they open the database themselves, so that
+// they refuse what a server started with the same environment would.
+func envLimits(getenv func(string) string) (service.Limits, error) {
+	def := service.DefaultLimits()
+	return parseLimits(
+		envOr(getenv, "TOKEND_MAX_TOKEN_LIFETIME", def.MaxLifetime.String()),
+		envOr(getenv, "TOKEND_MAX_ROTATION_GRACE", def.MaxRotationGrace.String()),
+		envOr(getenv, "TOKEND_MAX_TOKENS_PER_USER", strconv.Itoa(def.MaxLivePerUser)))
 }
 
 func newLogger(format string, w io.Writer) *slog.Logger {

@@ -35,6 +35,13 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		return fmt.Errorf("%w: token needs a subcommand: create, list, show, update, rotate or revoke", errUsage)
 	}
 	sub, args := args[0], args[1:]
+	limits, err := envLimits(getenv)
+	if err != nil {
+		return err
+	}
+	withAdmin := func(ctx context.Context, db string, mustExist bool, f func(adminv1.AdminServiceClient) error) error {
+		return withAdminLimits(ctx, db, mustExist, limits, f)
+	}
 	fs := flag.NewFlagSet("tokend token "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	db := fs.String("db", envOr(getenv, "TOKEND_DB", "tokend.db"), "bbolt database file (env TOKEND_DB)")
@@ -208,13 +215,11 @@ func rpcMessage(err error) string {
 	return err.Error()
 }
 
-// withAdmin calls f with an AdminService client: over the running server's
-// socket if one answers, else in-process on the database file itself. With
-// mustExist, a missing database is an error rather than created.
-func withAdmin(ctx context.Context, db string, mustExist bool, f func(adminv1.AdminServiceClient) error) error {
-	// Without a server, the default limits apply; a running server applies
-	// its own.
-	limits := service.DefaultLimits()
+// withAdminLimits calls f with an AdminService client: over the running
+// server's socket if one answers (the server applies its own limits), else
+// in-process on the database file itself, under limits. With mustExist, a
+// missing database is an error rather than created.
+func withAdminLimits(ctx context.Context, db string, mustExist bool, limits service.Limits, f func(adminv1.AdminServiceClient) error) error {
 	sock := socketPath(db)
 	var d net.Dialer
 	if c, err := d.DialContext(ctx, "unix", sock); err == nil {
