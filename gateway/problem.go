@@ -45,7 +45,7 @@ type FieldError struct {
 
 // Details for errors whose own message is not for clients.
 const (
-	detailInternal       = "An internal error occurred. Quote the trace_id when reporting it."
+	detailInternal       = rpc.MessageInternal
 	detailNotFound       = "No such resource."
 	detailBadRequest     = "The request is malformed."
 	detailTokenIDInvalid = "The token id must be a positive integer no greater than 9223372036854775807."

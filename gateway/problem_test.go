@@ -130,9 +130,9 @@ func TestHandleError(t *testing.T) {
 		},
 		{
 			name:       "internal from tokend",
-			err:        tokendErr(t, codes.Internal, rpc.ReasonInternal, "An internal error occurred"),
+			err:        tokendErr(t, codes.Internal, rpc.ReasonInternal, rpc.MessageInternal),
 			wantCode:   500,
-			wantDetail: "An internal error occurred",
+			wantDetail: detailInternal,
 		},
 		{
 			name:        "unknown code",

@@ -38,13 +38,17 @@ const (
 	ReasonStorageUnavailable = "STORAGE_UNAVAILABLE"
 )
 
+// MessageInternal is what a client is told of an internal error, over
+// either transport: the cause is logged under the trace id, never sent.
+const MessageInternal = "An internal error occurred. Quote the trace_id when reporting it."
+
 // Messages shown to clients for errors whose own text is not for them.
 const (
 	msgMissingCredentials = "Missing bearer token"
 	msgInvalidToken       = "Authentication failed"
 	msgTokenNotFound      = "Access token not found"
 	msgUserNotFound       = "Unknown user"
-	msgInternal           = "An internal error occurred"
+
 	msgStorageUnavailable = "The token store cannot take writes right now; retry later"
 )
 
@@ -136,7 +140,7 @@ func toStatus(err error) *status.Status {
 		// Already a status, from grpc-go itself or a library: keep its code.
 		return st
 	}
-	return newStatus(codes.Internal, ReasonInternal, msgInternal)
+	return newStatus(codes.Internal, ReasonInternal, MessageInternal)
 }
 
 func newStatus(c codes.Code, reason, msg string) *status.Status {

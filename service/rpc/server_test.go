@@ -70,8 +70,8 @@ func TestRecoverTurnsPanicIntoInternal(t *testing.T) {
 		panic("secret internals")
 	})
 	st := status.Convert(err)
-	if st.Code() != codes.Internal || st.Message() != msgInternal || Reason(st) != ReasonInternal {
-		t.Errorf("a panicking handler: %v %q (reason %q), want Internal %q", st.Code(), st.Message(), Reason(st), msgInternal)
+	if st.Code() != codes.Internal || st.Message() != MessageInternal || Reason(st) != ReasonInternal {
+		t.Errorf("a panicking handler: %v %q (reason %q), want Internal %q", st.Code(), st.Message(), Reason(st), MessageInternal)
 	}
 	out := logs.String()
 	if strings.Count(out, `"msg":"internal error"`) != 1 || !strings.Contains(out, "secret internals") || !strings.Contains(out, "goroutine") {
