@@ -274,9 +274,11 @@ func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) gr
 		}
 		md, _ := metadata.FromIncomingContext(ctx)
 		ri := request.FromContext(ctx)
-		peerAddr := PeerAddr(ctx)
+		var peerAddr netip.Addr
 		if ri != nil && ri.Peer.IsValid() {
-			peerAddr = ri.Peer // the HTTP edge's TCP peer, for calls through the gateway
+			peerAddr = ri.Peer // set by either edge; for REST, the HTTP client's TCP peer
+		} else {
+			peerAddr = PeerAddr(ctx) // a call that did not pass an edge (tests)
 		}
 		client := a.ClientAddr(peerAddr, md.Get("x-forwarded-for"))
 		if ri != nil {

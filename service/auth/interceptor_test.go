@@ -21,13 +21,36 @@ const testMethod = "/tokend.v1.TokenService/GetToken"
 func isHealth(m string) bool { return strings.HasPrefix(m, "/grpc.health.v1.Health/") }
 
 // callCtx returns a context with incoming metadata md (key, value pairs)
-// from TCP peer addr, carrying a fresh request.Info.
+// from TCP peer addr, carrying a fresh request.Info with that peer, as the
+// gRPC edge makes it.
 func callCtx(addr string, kv ...string) (context.Context, *request.Info) {
 	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(kv...))
 	ap := netip.MustParseAddrPort(addr)
 	ctx = peer.NewContext(ctx, &peer.Peer{Addr: net.TCPAddrFromAddrPort(ap)})
-	ri := &request.Info{TraceID: "4bf92f3577b34da6a3ce929d0e0e4736"}
+	ri := &request.Info{TraceID: "4bf92f3577b34da6a3ce929d0e0e4736", Peer: ap.Addr()}
 	return request.NewContext(ctx, ri), ri
+}
+
+// TestUnaryInterceptorTakesThePeerFromTheEdge: a REST call reaches the
+// chain in-process with no gRPC peer; the client address is the one the
+// HTTP edge put on the Info, and a token restricted to it is accepted
+// (and refused for another).
+func TestUnaryInterceptorTakesThePeerFromTheEdge(t *testing.T) {
+	e := newEnv(t)
+	_, sec := e.create(t, "alice", allowedIPs(t, "198.51.100.7"))
+	ic := e.a.UnaryInterceptor(isHealth)
+	for _, tc := range []struct {
+		peer string
+		ok   bool
+	}{{"198.51.100.7", true}, {"203.0.113.9", false}} {
+		ri := &request.Info{TraceID: "4bf92f3577b34da6a3ce929d0e0e4736", Peer: netip.MustParseAddr(tc.peer)}
+		ctx := request.NewContext(metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+sec)), ri)
+		var h recordingHandler
+		_, err := ic(ctx, "request", &grpc.UnaryServerInfo{FullMethod: testMethod}, h.handle)
+		if (err == nil) != tc.ok || ri.Client != netip.MustParseAddr(tc.peer) {
+			t.Errorf("edge peer %s: err %v, client %v; want accepted=%v and that client", tc.peer, err, ri.Client, tc.ok)
+		}
+	}
 }
 
 // recordingHandler is a grpc.UnaryHandler that remembers its context.
@@ -103,7 +126,7 @@ func TestUnaryInterceptorPublicMethod(t *testing.T) {
 		if p, ok := auth.FromContext(h.ctx); ok {
 			t.Errorf("metadata %q: public method handler got principal %+v", kv, p)
 		}
-		if *ri != (request.Info{TraceID: ri.TraceID}) {
+		if *ri != (request.Info{TraceID: ri.TraceID, Peer: ri.Peer}) {
 			t.Errorf("metadata %q: public method touched request.Info: %+v", kv, ri)
 		}
 	}
