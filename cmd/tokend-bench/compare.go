@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -356,6 +357,15 @@ func runCompare(ctx context.Context, cfg config, stdout io.Writer) (err error) {
 		}
 	}
 
+	if cfg.CPUProfile > 0 {
+		if err := profileTokend(ctx, cfg, addrs.Debug, stdout, func(t *target) error {
+			_, err := measure(0, maxC, t, cfg.CPUProfile)
+			return err
+		}, targets[nameTREST], targets[nameTGRPC]); err != nil {
+			return err
+		}
+	}
+
 	// Close the clients and stop tokend so its final usage flush and
 	// shutdown are checked too.
 	for _, t := range targets {
@@ -467,4 +477,31 @@ func summarizeCompare(res *compareResults, cfg config) {
 		newGoal(fmt.Sprintf("T-REST p50 / A p50 at %d client(s)", lo), "<=", 1.5, restP50.Summary),
 		newGoal(fmt.Sprintf("T-gRPC p50 / B p50 at %d client(s)", lo), "<=", 1.5, grpcP50.Summary),
 	}
+}
+
+// profileTokend loads each of ts in turn with load (which runs for
+// cfg.CPUProfile) while taking tokend's CPU profile over the same time, and
+// writes the profiles to cfg.Out as tokend-rest.pprof and tokend-grpc.pprof.
+func profileTokend(ctx context.Context, cfg config, debugAddr string, stdout io.Writer, load func(*target) error, ts ...*target) error {
+	if debugAddr == "" {
+		return errors.New("-cpuprofile: tokend reported no debug listener")
+	}
+	for _, t := range ts {
+		name := "tokend-grpc.pprof"
+		if t.name == nameTREST {
+			name = "tokend-rest.pprof"
+		}
+		path := filepath.Join(cfg.Out, name)
+		done := make(chan error, 1)
+		go func() { done <- saveCPUProfile(ctx, debugAddr, cfg.CPUProfile, path) }()
+		if err := load(t); err != nil {
+			<-done
+			return err
+		}
+		if err := <-done; err != nil {
+			return fmt.Errorf("-cpuprofile %s: %w", t.name, err)
+		}
+		fmt.Fprintf(stdout, "wrote %s (go tool pprof -top %s)\n", path, path)
+	}
+	return nil
 }

@@ -75,6 +75,7 @@ type config struct {
 	Quick       bool          `json:"quick"`
 	Pin         bool          `json:"pin_requested"`
 	Redraw      string        `json:"-"`
+	CPUProfile  time.Duration `json:"-"`
 }
 
 func parseConfig(args []string, stderr io.Writer) (config, error) {
@@ -92,6 +93,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.ScaleRounds, "scale-rounds", 3, "rounds per size in the scale study")
 	fs.BoolVar(&cfg.Quick, "quick", false, "smoke run: 1 round of 300ms, 2000 tokens")
 	fs.BoolVar(&cfg.Pin, "pin", true, "pin servers to CPU 0 and the harness to CPU 1 with taskset, where available")
+	fs.DurationVar(&cfg.CPUProfile, "cpuprofile", 0, "after the rounds, load T-REST and T-gRPC at the largest client count for this long each and write tokend's CPU profiles to -out (tokend-rest.pprof, tokend-grpc.pprof); not part of the results")
 	fs.StringVar(&cfg.Redraw, "redraw", "", "rewrite results.md and ratios.svg in -out from this results.json, measuring nothing")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -117,8 +119,8 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	switch {
 	case cfg.Rounds < 1 || cfg.ScaleRounds < 1:
 		return cfg, errors.New("-rounds and -scale-rounds must be at least 1")
-	case cfg.Duration <= 0 || cfg.Warmup < 0:
-		return cfg, errors.New("-duration must be positive and -warmup not negative")
+	case cfg.Duration <= 0 || cfg.Warmup < 0 || cfg.CPUProfile < 0:
+		return cfg, errors.New("-duration must be positive, and -warmup and -cpuprofile not negative")
 	case cfg.Tokens < 1 || cfg.Users < 1:
 		return cfg, errors.New("-tokens and -users must be at least 1")
 	}

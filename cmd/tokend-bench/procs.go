@@ -342,17 +342,28 @@ func readMemStats(ctx context.Context, debugAddr string, gc bool) (memStats, err
 // saveHeapProfile writes tokend's heap profile, taken after a forced
 // garbage collection, to path.
 func saveHeapProfile(ctx context.Context, debugAddr, path string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+debugAddr+"/debug/pprof/heap?gc=1", nil)
+	return saveProfile(ctx, debugAddr, "/debug/pprof/heap?gc=1", 30*time.Second, path)
+}
+
+// saveCPUProfile writes a CPU profile of tokend over the next d to path.
+func saveCPUProfile(ctx context.Context, debugAddr string, d time.Duration, path string) error {
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	return saveProfile(ctx, debugAddr, "/debug/pprof/profile?seconds="+strconv.Itoa(secs), d+30*time.Second, path)
+}
+
+// saveProfile fetches one pprof endpoint of tokend's debug listener into path.
+func saveProfile(ctx context.Context, debugAddr, endpoint string, timeout time.Duration, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+debugAddr+endpoint, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	resp, err := (&http.Client{Timeout: timeout}).Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("heap profile: %s", resp.Status)
+		return fmt.Errorf("profile %s: %s", endpoint, resp.Status)
 	}
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {

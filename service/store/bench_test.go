@@ -1,0 +1,72 @@
+package store
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/tokend/tokend/service/secret"
+	"github.com/tokend/tokend/service/token"
+	"github.com/tokend/tokend/service/usage"
+)
+
+// seedMany stores n tokens over users owners in batches and returns their
+// IDs and secret hashes, index for index.
+func seedMany(b *testing.B, s *Store, n, users int) ([]uint64, []secret.Hash) {
+	b.Helper()
+	ids, hashes := make([]uint64, 0, n), make([]secret.Hash, 0, n)
+	for len(ids) < n {
+		batch := make([]token.Token, 0, min(5000, n-len(ids)))
+		for i := len(ids); i < n && len(batch) < cap(batch); i++ {
+			tok, h := newToken(b, fmt.Sprintf("user-%d", i%users), fmt.Sprintf("token %d", i))
+			batch = append(batch, tok)
+			hashes = append(hashes, h)
+		}
+		out, err := s.CreateBatch(batch)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, t := range out {
+			ids = append(ids, t.ID)
+		}
+	}
+	return ids, hashes
+}
+
+// BenchmarkApplyUsage measures one usage flush the size the benchmark
+// harness's load makes: 20k distinct tokens of 100k, one use each.
+func BenchmarkApplyUsage(b *testing.B) {
+	s, _ := openTemp(b)
+	ids, _ := seedMany(b, s, 100_000, 1000)
+	rng := rand.New(rand.NewPCG(1, 2))
+	batch := uint64(0)
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		deltas := make(map[uint64]usage.Delta, 20_000)
+		for len(deltas) < 20_000 {
+			deltas[ids[rng.IntN(len(ids))]] = usage.Delta{Count: 1, Last: t0.Unix()}
+		}
+		batch++
+		b.StartTimer()
+		if err := s.ApplyUsage(batch, deltas); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/20_000, "ns/token")
+}
+
+// BenchmarkLookupUncached100k measures an uncached Lookup of a random one
+// of 100k tokens: the B-tree descents a cold token costs.
+func BenchmarkLookupUncached100k(b *testing.B) {
+	s, _ := openTemp(b)
+	s.cache.max = -1
+	_, hashes := seedMany(b, s, 100_000, 1000)
+	rng := rand.New(rand.NewPCG(1, 2))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.Lookup(hashes[rng.IntN(len(hashes))], t0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
