@@ -111,19 +111,6 @@ func serverOptions(l ServerLimits) []grpc.ServerOption {
 	}
 }
 
-// deadlineInterceptor caps every call at max: the call's context ends at
-// the earlier of the client's deadline and now+max.
-func deadlineInterceptor(max time.Duration) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		ctx, cancel := context.WithTimeout(ctx, max)
-		defer cancel()
-		if err := ctx.Err(); err != nil {
-			return nil, err // already past its deadline: start no work
-		}
-		return handler(ctx, req)
-	}
-}
-
 // Public is the public API: the network gRPC server, the in-process channel
 // the gateway calls, and the health service to flip at shutdown.
 type Public struct {

@@ -1,0 +1,117 @@
+package rpc
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+)
+
+// deadlineInterceptor caps every call at max: the call's context ends at
+// the earlier of the client's deadline and now+max. A call already past
+// its deadline starts no work.
+func deadlineInterceptor(max time.Duration) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if c := capDeadline(ctx, max); c != nil {
+			defer c.release()
+			ctx = c
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		return handler(ctx, req)
+	}
+}
+
+// capDeadline returns ctx with its deadline brought forward to now+max,
+// whose release must be called when the call ends; or nil if ctx's own
+// deadline comes first.
+//
+// context.WithTimeout would do, but costs a timer, a cancel context that
+// registers with its parent (a lock and a map) and five allocations on
+// every call, while the read path never waits on Done: its bbolt reads
+// take no context. So the capped context answers Deadline and Err from the
+// clock, and makes the real timer context only when someone asks for Done
+// (a write waiting for the disk, or a context derived from this one).
+func capDeadline(ctx context.Context, max time.Duration) *cappedContext {
+	d := time.Now().Add(max)
+	if cur, ok := ctx.Deadline(); ok && !cur.After(d) {
+		return nil
+	}
+	return &cappedContext{Context: ctx, deadline: d}
+}
+
+// cappedContext is its parent with an earlier deadline; see capDeadline.
+type cappedContext struct {
+	context.Context // the parent
+	deadline        time.Time
+	once            sync.Once
+	timed           atomic.Pointer[timedContext]
+	// released is set when the call has ended: like a context.WithTimeout
+	// whose cancel has run, the context then reports Canceled to anything
+	// (a goroutine the handler left behind) still holding it.
+	released atomic.Bool
+}
+
+// timedContext is the real context.WithDeadline a cappedContext makes
+// once Done is asked for.
+type timedContext struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (c *cappedContext) Deadline() (time.Time, bool) { return c.deadline, true }
+
+// Done makes the timer context on first use, so that the channel closes
+// when the parent's does or at the deadline, as context.WithDeadline's.
+func (c *cappedContext) Done() <-chan struct{} {
+	c.once.Do(func() {
+		ctx, cancel := context.WithDeadline(c.Context, c.deadline)
+		c.timed.Store(&timedContext{ctx: ctx, cancel: cancel})
+		if c.released.Load() {
+			cancel()
+		}
+	})
+	return c.timed.Load().ctx.Done()
+}
+
+// Err is the parent's error, or DeadlineExceeded once the deadline has
+// passed; once Done has been asked for, the timer context's, so that Err is
+// non-nil exactly when Done is closed.
+func (c *cappedContext) Err() error {
+	if t := c.timed.Load(); t != nil {
+		return t.ctx.Err()
+	}
+	if c.released.Load() {
+		return context.Canceled
+	}
+	if err := c.Context.Err(); err != nil {
+		return err
+	}
+	if !time.Now().Before(c.deadline) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// Value asks the timer context, once there is one, so that context.Cause
+// and contexts derived from this one see it as their parent.
+func (c *cappedContext) Value(key any) any {
+	if t := c.timed.Load(); t != nil {
+		return t.ctx.Value(key)
+	}
+	return c.Context.Value(key)
+}
+
+func (c *cappedContext) String() string { return "rpc.capDeadline" }
+
+// release ends the context when the call ends, stopping the timer if Done
+// made one.
+func (c *cappedContext) release() {
+	c.released.Store(true)
+	if t := c.timed.Load(); t != nil {
+		t.cancel()
+	}
+}

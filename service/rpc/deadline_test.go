@@ -1,0 +1,148 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+type ctxKey struct{}
+
+// TestCapDeadlineWithoutDone checks the capped context when nothing waits
+// on Done (the read path): the deadline is the cap, Err turns to
+// DeadlineExceeded when it passes (so does context.Cause), and values pass
+// through.
+func TestCapDeadlineWithoutDone(t *testing.T) {
+	parent := context.WithValue(context.Background(), ctxKey{}, "v")
+	before := time.Now()
+	c := capDeadline(parent, 30*time.Millisecond)
+	if c == nil {
+		t.Fatal("capDeadline of a context without a deadline = nil")
+	}
+	defer c.release()
+	d, ok := c.Deadline()
+	if !ok || d.Before(before.Add(30*time.Millisecond)) || d.After(time.Now().Add(30*time.Millisecond)) {
+		t.Errorf("Deadline() = %v, %v; want now+30ms", d, ok)
+	}
+	if c.Value(ctxKey{}) != "v" {
+		t.Error("the parent's values are lost")
+	}
+	if err := c.Err(); err != nil {
+		t.Fatalf("Err() before the deadline = %v", err)
+	}
+	time.Sleep(time.Until(d) + time.Millisecond)
+	if err := c.Err(); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Err() after the deadline = %v, want DeadlineExceeded", err)
+	}
+	if err := context.Cause(c); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Cause() after the deadline = %v, want DeadlineExceeded", err)
+	}
+	if c.timed.Load() != nil {
+		t.Error("a timer context was made though nobody asked for Done")
+	}
+}
+
+// TestCapDeadlineDone checks that asking for Done gives a channel that
+// closes at the cap, that a context derived from the capped one ends with
+// it, and that Err then agrees with Done.
+func TestCapDeadlineDone(t *testing.T) {
+	c := capDeadline(context.Background(), 20*time.Millisecond)
+	defer c.release()
+	derived, cancel := context.WithCancel(c)
+	defer cancel()
+	if err := c.Err(); err != nil {
+		t.Fatalf("Err() = %v before the deadline", err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed 5s after a 20ms cap")
+	}
+	select {
+	case <-derived.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a derived context did not end with the capped one")
+	}
+	if !errors.Is(c.Err(), context.DeadlineExceeded) || !errors.Is(derived.Err(), context.DeadlineExceeded) {
+		t.Errorf("Err() = %v, derived %v; want DeadlineExceeded", c.Err(), derived.Err())
+	}
+	if err := context.Cause(derived); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Cause(derived) = %v, want DeadlineExceeded", err)
+	}
+}
+
+// TestCapDeadlineParentEnds checks that the parent's cancellation shows
+// through, with and without a timer context.
+func TestCapDeadlineParentEnds(t *testing.T) {
+	for _, done := range []bool{false, true} {
+		parent, cancel := context.WithCancel(context.Background())
+		c := capDeadline(parent, time.Hour)
+		if done {
+			_ = c.Done()
+		}
+		cancel()
+		if done {
+			select {
+			case <-c.Done():
+			case <-time.After(5 * time.Second):
+				t.Fatal("Done not closed after the parent was canceled")
+			}
+		}
+		if err := c.Err(); !errors.Is(err, context.Canceled) {
+			t.Errorf("Done asked: %v: Err() after the parent's cancel = %v, want Canceled", done, err)
+		}
+		c.release()
+	}
+}
+
+// TestCapDeadlineRelease checks that a call's context ends with the call,
+// as a context.WithTimeout's does when its cancel runs, whether Done was
+// asked for before the end or only after.
+func TestCapDeadlineRelease(t *testing.T) {
+	for _, early := range []bool{false, true} {
+		c := capDeadline(context.Background(), time.Hour)
+		if early {
+			_ = c.Done()
+		}
+		c.release()
+		if err := c.Err(); !errors.Is(err, context.Canceled) {
+			t.Errorf("Done asked before release: %v: Err() after release = %v, want Canceled", early, err)
+		}
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("Done asked before release: %v: Done not closed after release", early)
+		}
+	}
+}
+
+// TestCapDeadlineKeepsShorter checks that a client deadline before the cap
+// is left alone: no capped context at all.
+func TestCapDeadlineKeepsShorter(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if c := capDeadline(ctx, time.Hour); c != nil {
+		t.Errorf("capDeadline with an earlier client deadline = %v, want nil", c)
+	}
+	if c := capDeadline(ctx, time.Millisecond); c == nil {
+		t.Error("capDeadline with a later client deadline = nil, want a capped context")
+	} else {
+		c.release()
+	}
+}
+
+// TestDeadlineInterceptorAllocations pins what the cap costs a call that
+// never waits: the capped context itself, one allocation.
+func TestDeadlineInterceptorAllocations(t *testing.T) {
+	ic := deadlineInterceptor(time.Minute)
+	handler := func(ctx context.Context, _ any) (any, error) { return nil, ctx.Err() }
+	ctx := context.Background()
+	if n := testing.AllocsPerRun(1000, func() {
+		if _, err := ic(ctx, nil, nil, handler); err != nil {
+			t.Fatal(err)
+		}
+	}); n > 1 {
+		t.Errorf("the deadline cap allocates %v times per call, want at most 1", n)
+	}
+}
