@@ -272,7 +272,11 @@ func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) gr
 		if public(info.FullMethod) {
 			return handler(ctx, req)
 		}
-		md, _ := metadata.FromIncomingContext(ctx)
+		// Incoming metadata keys are lowercase on both transports (grpc-go's
+		// HTTP/2 transport, and the in-process Channel, which builds it with
+		// metadata.FromOutgoingContext), so these exact lookups see every
+		// value a client sent under either name; they copy only the two
+		// keys, not the whole metadata.
 		ri := request.FromContext(ctx)
 		var peerAddr netip.Addr
 		if ri != nil && ri.Peer.IsValid() {
@@ -280,7 +284,7 @@ func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) gr
 		} else {
 			peerAddr = PeerAddr(ctx) // a call that did not pass an edge (tests)
 		}
-		client := a.ClientAddr(peerAddr, md.Get("x-forwarded-for"))
+		client := a.ClientAddr(peerAddr, metadata.ValueFromIncomingContext(ctx, "x-forwarded-for"))
 		if ri != nil {
 			ri.Client = client
 		}
@@ -293,7 +297,7 @@ func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) gr
 			}
 			return nil, err
 		}
-		p, err := a.Authenticate(md.Get("authorization"), client)
+		p, err := a.Authenticate(metadata.ValueFromIncomingContext(ctx, "authorization"), client)
 		if err != nil {
 			if errors.Is(err, ErrInvalidToken) {
 				// A refused token is a guess; no credentials at all is not.

@@ -202,9 +202,8 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 			return handler(ctx, req)
 		}
 		start := time.Now()
-		md, _ := metadata.FromIncomingContext(ctx)
 		var tp string
-		if v := md.Get("traceparent"); len(v) > 0 {
+		if v := metadata.ValueFromIncomingContext(ctx, "traceparent"); len(v) > 0 {
 			tp = v[0] // the first, as OpenTelemetry's propagator reads it
 		}
 		peerAddr := auth.PeerAddr(ctx)
