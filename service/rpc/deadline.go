@@ -5,25 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"google.golang.org/grpc"
 )
-
-// deadlineInterceptor caps every call at max: the call's context ends at
-// the earlier of the client's deadline and now+max. A call already past
-// its deadline starts no work.
-func deadlineInterceptor(max time.Duration) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if c := capDeadline(ctx, max); c != nil {
-			defer c.release()
-			ctx = c
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		return handler(ctx, req)
-	}
-}
 
 // capDeadline returns ctx with its deadline brought forward to now+max,
 // whose release must be called when the call ends; or nil if ctx's own

@@ -3,8 +3,11 @@ package rpc
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
 )
 
 type ctxKey struct{}
@@ -132,14 +135,14 @@ func TestCapDeadlineKeepsShorter(t *testing.T) {
 	}
 }
 
-// TestDeadlineInterceptorAllocations pins what the cap costs a call that
-// never waits: the capped context itself, one allocation.
-func TestDeadlineInterceptorAllocations(t *testing.T) {
-	ic := deadlineInterceptor(time.Minute)
+// TestGuardAllocations pins what the guard costs a call that succeeds
+// without waiting: the capped context itself, one allocation.
+func TestGuardAllocations(t *testing.T) {
+	ic := guardInterceptor(slog.New(slog.DiscardHandler), time.Minute)
 	handler := func(ctx context.Context, _ any) (any, error) { return nil, ctx.Err() }
 	ctx := context.Background()
 	if n := testing.AllocsPerRun(1000, func() {
-		if _, err := ic(ctx, nil, nil, handler); err != nil {
+		if _, err := ic(ctx, nil, &grpc.UnaryServerInfo{FullMethod: "/x/Y"}, handler); err != nil {
 			t.Fatal(err)
 		}
 	}); n > 1 {

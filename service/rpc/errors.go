@@ -57,34 +57,29 @@ const (
 // server checks whether writes work again.
 const storageRetryDelay = 5 * time.Second
 
-// errorInterceptor is the one place where handler errors become gRPC
-// statuses. Domain errors are matched with errors.Is, so wrapping keeps them
-// recognisable. Anything unrecognised is Internal with a generic message,
-// and its cause is logged once, with the trace id, and never sent; so is the
-// cause of a write the database could not take (Unavailable).
-func errorInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		resp, err := handler(ctx, req)
-		if err == nil {
-			return resp, nil
-		}
-		st := toStatus(err)
-		var msg string
-		switch {
-		case errors.Is(err, store.ErrUnavailable):
-			msg = "storage unavailable"
-		case st.Code() == codes.Internal:
-			msg = "internal error"
-		}
-		if msg != "" {
-			attrs := []any{slog.String("method", info.FullMethod), slog.String("error", err.Error())}
-			if ri := request.FromContext(ctx); ri != nil {
-				attrs = append(attrs, slog.String("trace_id", ri.TraceID))
-			}
-			log.ErrorContext(ctx, msg, attrs...)
-		}
-		return nil, st.Err()
+// mapError is the one place where handler errors become gRPC statuses
+// (guardInterceptor calls it). Domain errors are matched with errors.Is, so
+// wrapping keeps them recognisable. Anything unrecognised is Internal with
+// a generic message, and its cause is logged once, with the trace id, and
+// never sent; so is the cause of a write the database could not take
+// (Unavailable).
+func mapError(ctx context.Context, log *slog.Logger, info *grpc.UnaryServerInfo, err error) error {
+	st := toStatus(err)
+	var msg string
+	switch {
+	case errors.Is(err, store.ErrUnavailable):
+		msg = "storage unavailable"
+	case st.Code() == codes.Internal:
+		msg = "internal error"
 	}
+	if msg != "" {
+		attrs := []any{slog.String("method", info.FullMethod), slog.String("error", err.Error())}
+		if ri := request.FromContext(ctx); ri != nil {
+			attrs = append(attrs, slog.String("trace_id", ri.TraceID))
+		}
+		log.ErrorContext(ctx, msg, attrs...)
+	}
+	return st.Err()
 }
 
 func toStatus(err error) *status.Status {

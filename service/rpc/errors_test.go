@@ -68,12 +68,12 @@ func TestStorageUnavailableStatus(t *testing.T) {
 	}
 }
 
-// TestErrorInterceptorLogsStorageCause checks that the cause of an
+// TestGuardLogsStorageCause checks that the cause of an
 // Unavailable, which the client never sees, is logged once with the
 // request's trace id.
-func TestErrorInterceptorLogsStorageCause(t *testing.T) {
+func TestGuardLogsStorageCause(t *testing.T) {
 	var buf bytes.Buffer
-	ic := errorInterceptor(slog.New(slog.NewJSONHandler(&buf, nil)))
+	ic := guardInterceptor(slog.New(slog.NewJSONHandler(&buf, nil)), 0)
 	ri := &request.Info{TraceID: "0123456789abcdef0123456789abcdef"}
 	ctx := request.NewContext(context.Background(), ri)
 	failing := func(context.Context, any) (any, error) {

@@ -121,8 +121,8 @@ type Public struct {
 
 // NewPublic builds the public gRPC server with TokenService, health and
 // reflection, and an in-process Channel to TokenService. Both run one chain:
-// request edge (trace id, log line) → error mapping → deadline cap → panic
-// recovery → authentication (skipped for health checks) → handler. The
+// request edge (trace id, log line) → guard (deadline cap, panic recovery,
+// error mapping) → authentication (skipped for health checks) → handler. The
 // network server also has, outside that chain, the tracing stats handler
 // and the metrics interceptor (the gateway instruments REST requests
 // itself, at the HTTP edge). The chain is unary: the streaming methods of
@@ -131,9 +131,7 @@ func NewPublic(d Deps) *Public {
 	limits := d.Server.orDefault()
 	interceptors := []grpc.UnaryServerInterceptor{
 		edgeInterceptor(d.Logger),
-		errorInterceptor(d.Logger),
-		deadlineInterceptor(limits.MaxCallDuration),
-		recoverInterceptor(),
+		guardInterceptor(d.Logger, limits.MaxCallDuration),
 		d.Auth.UnaryInterceptor(isPublicMethod),
 	}
 	network := interceptors
@@ -161,8 +159,7 @@ func NewPublic(d Deps) *Public {
 func NewAdmin(d Deps) (*grpc.Server, *Channel) {
 	interceptors := []grpc.UnaryServerInterceptor{
 		edgeInterceptor(d.Logger),
-		errorInterceptor(d.Logger),
-		recoverInterceptor(),
+		guardInterceptor(d.Logger, 0),
 	}
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(interceptors...))
 	admin := service.NewAdminService(service.NewTokens(d.Store, d.Usage, d.Limits, d.Now), d.Now)
@@ -242,16 +239,38 @@ func AppendCallerAttrs(attrs []slog.Attr, ri *request.Info) []slog.Attr {
 	return attrs
 }
 
-// recoverInterceptor turns a handler panic into an error, which the error
-// interceptor logs with its stack and reports as Internal: no input may
-// take the server down.
-func recoverInterceptor() grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				resp, err = nil, fmt.Errorf("panic in %s: %v\n%s", info.FullMethod, r, debug.Stack())
+// guardInterceptor is what every call needs around its handler, in one
+// interceptor rather than three (each level of a chain costs a closure per
+// call): the deadline cap (none if max is zero; see capDeadline), panic
+// recovery, so that no input takes the server down, and the mapping of
+// errors to statuses (mapError), which logs a panic with its stack and
+// reports it as Internal. A call already past its deadline starts no work.
+func guardInterceptor(log *slog.Logger, max time.Duration) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if max > 0 {
+			if c := capDeadline(ctx, max); c != nil {
+				defer c.release()
+				ctx = c
 			}
-		}()
-		return handler(ctx, req)
+		}
+		resp, err := callRecovering(ctx, req, info, handler)
+		if err != nil {
+			return nil, mapError(ctx, log, info, err)
+		}
+		return resp, nil
 	}
+}
+
+// callRecovering runs handler unless ctx has already ended, turning a panic
+// into an error that carries the panic value and stack (for the log only).
+func callRecovering(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			resp, err = nil, fmt.Errorf("panic in %s: %v\n%s", info.FullMethod, r, debug.Stack())
+		}
+	}()
+	return handler(ctx, req)
 }

@@ -2,7 +2,6 @@ package rpc
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -15,10 +14,11 @@ import (
 	"github.com/tokend/tokend/service/testutil"
 )
 
-// TestDeadlineInterceptorCaps checks that a call cannot outlive the cap,
-// whatever deadline the client sent, and that a shorter one is kept.
-func TestDeadlineInterceptorCaps(t *testing.T) {
-	ic := deadlineInterceptor(50 * time.Millisecond)
+// TestGuardCapsDeadline checks that a call cannot outlive the cap,
+// whatever deadline the client sent, and that a shorter one is kept; the
+// call ends with DeadlineExceeded.
+func TestGuardCapsDeadline(t *testing.T) {
+	ic := guardInterceptor(slog.New(slog.DiscardHandler), 50*time.Millisecond)
 	slow := func(ctx context.Context, _ any) (any, error) {
 		select {
 		case <-ctx.Done():
@@ -45,7 +45,7 @@ func TestDeadlineInterceptorCaps(t *testing.T) {
 			}
 			start := time.Now()
 			_, err := ic(ctx, nil, &grpc.UnaryServerInfo{FullMethod: "/x/Y"}, slow)
-			if !errors.Is(err, context.DeadlineExceeded) {
+			if status.Code(err) != codes.DeadlineExceeded {
 				t.Fatalf("err = %v, want DeadlineExceeded", err)
 			}
 			if took := time.Since(start); took > tc.max {
@@ -53,8 +53,20 @@ func TestDeadlineInterceptorCaps(t *testing.T) {
 			}
 		})
 	}
-	if status := toStatus(context.DeadlineExceeded); status.Code().String() != "DeadlineExceeded" {
-		t.Errorf("a capped call maps to %v, want DeadlineExceeded", status.Code())
+}
+
+// TestGuardStartsNoWorkPastDeadline checks that a call whose deadline has
+// passed before it starts never reaches its handler.
+func TestGuardStartsNoWorkPastDeadline(t *testing.T) {
+	ic := guardInterceptor(slog.New(slog.DiscardHandler), time.Nanosecond)
+	time.Sleep(time.Millisecond)
+	ran := false
+	_, err := ic(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: "/x/Y"}, func(context.Context, any) (any, error) {
+		ran = true
+		return "ok", nil
+	})
+	if status.Code(err) != codes.DeadlineExceeded || ran {
+		t.Errorf("a call past its deadline: %v, handler ran: %v; want DeadlineExceeded and no run", err, ran)
 	}
 }
 
@@ -64,7 +76,7 @@ func TestDeadlineInterceptorCaps(t *testing.T) {
 // stack are logged once, and the chain keeps serving.
 func TestRecoverTurnsPanicIntoInternal(t *testing.T) {
 	var logs testutil.SyncBuffer
-	chain := chainUnary(errorInterceptor(slog.New(slog.NewJSONHandler(&logs, nil))), recoverInterceptor())
+	chain := guardInterceptor(slog.New(slog.NewJSONHandler(&logs, nil)), time.Minute)
 	info := &grpc.UnaryServerInfo{FullMethod: "/tokend.v1.TokenService/GetToken"}
 	_, err := chain(context.Background(), nil, info, func(context.Context, any) (any, error) {
 		panic("secret internals")
