@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // Channel is an in-process gRPC channel: a grpc.ClientConnInterface that
@@ -101,8 +102,26 @@ func (c *Channel) Invoke(ctx context.Context, method string, args, reply any, op
 	if !ok {
 		return status.Errorf(codes.Internal, "response of type %T is not a protobuf message", resp)
 	}
+	return moveInto(out, m)
+}
+
+// moveInto makes out hold resp's fields, sharing rather than copying its
+// nested messages and lists: resp is the handler's response, which nothing
+// else holds once the call has returned, and a deep copy (proto.Merge)
+// costs reflection and an allocation per nested message on every call.
+func moveInto(out, resp proto.Message) error {
+	dst, src := out.ProtoReflect(), resp.ProtoReflect()
+	if dst.Descriptor().FullName() != src.Descriptor().FullName() {
+		return status.Errorf(codes.Internal, "reply of type %s for a response of type %s", dst.Descriptor().FullName(), src.Descriptor().FullName())
+	}
 	proto.Reset(out)
-	proto.Merge(out, m)
+	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		dst.Set(fd, v)
+		return true
+	})
+	if u := src.GetUnknown(); len(u) > 0 {
+		dst.SetUnknown(u)
+	}
 	return nil
 }
 
