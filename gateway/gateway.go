@@ -234,8 +234,7 @@ func edge(log *slog.Logger, rt *router, next http.Handler) http.Handler {
 				slog.Int("status", sw.code()),
 				slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
 			)
-			attrs = rpc.AppendCallerAttrs(attrs, ri)
-			log.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
+			rpc.LogRequest(ctx, log, rpc.AppendCallerAttrs(attrs, ri))
 			telemetry.Annotate(ctx, ri)
 		}()
 		next.ServeHTTP(sw, r)

@@ -217,11 +217,25 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 			slog.String("code", status.Code(err).String()),
 			slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
 		}
-		attrs = AppendCallerAttrs(attrs, ri)
-		log.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
+		LogRequest(ctx, log, AppendCallerAttrs(attrs, ri))
 		telemetry.Annotate(ctx, ri)
 		return resp, err
 	}
+}
+
+// LogRequest writes the one "request" line a request ends with, at level
+// Info, with attrs; both edges use it. It hands the record to the logger's
+// handler itself: slog.Logger would also take the caller's program counter
+// (runtime.Callers) on every request, for a source location that the log
+// never shows.
+func LogRequest(ctx context.Context, log *slog.Logger, attrs []slog.Attr) {
+	h := log.Handler()
+	if !h.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
+	r := slog.NewRecord(time.Now(), slog.LevelInfo, "request", 0)
+	r.AddAttrs(attrs...)
+	_ = h.Handle(ctx, r)
 }
 
 // AppendCallerAttrs appends the log attributes that describe who made a request; the
