@@ -34,11 +34,12 @@ import (
 // "current" to a templated route as a malformed id.
 func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !router.methodAllowed(r) {
+		res := router.resolve(r.Method, r.URL.Path)
+		if res.otherMethods {
 			router.handleRoutingError(r.Context(), nil, nil, w, r, http.StatusMethodNotAllowed)
 			return
 		}
-		rt, ok := router.routeFor(r)
+		rt, ok := res.route, res.route != nil
 		if ok && rt.query != nil {
 			if fields := vetQuery(r, rt.query); len(fields) > 0 {
 				writeProblem(w, r, http.StatusBadRequest, "The query string has invalid parameters.", fields...)
@@ -73,7 +74,7 @@ func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler 
 				writeProblem(w, r, http.StatusUnsupportedMediaType, "The request body must be JSON, sent with Content-Type: application/json.")
 				return
 			}
-			if detail, fields := vetJSON(data, rt); detail != "" {
+			if detail, fields := vetJSON(data, rt.route); detail != "" {
 				writeProblem(w, r, http.StatusBadRequest, detail, fields...)
 				return
 			}

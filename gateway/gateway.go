@@ -352,24 +352,47 @@ func (c *compiledRoute) match(path string) bool {
 	return true
 }
 
-// routeFor returns the route for r, if any.
-func (rt *router) routeFor(r *http.Request) (route, bool) {
+// resolution is what the route table says of one request.
+type resolution struct {
+	// template is that of the first route whose path matches, whatever
+	// its method; "" if none does.
+	template string
+	// route is the route for the request's method, or nil.
+	route *compiledRoute
+	// otherMethods is set when the path is routed, but not for the
+	// request's method: a 405.
+	otherMethods bool
+}
+
+// resolve matches method and path against the table in one pass. A path
+// that names a literal route exactly (such as /api/v1/me/tokens/current)
+// is served only by literal routes, even where a templated route would
+// match it too.
+func (rt *router) resolve(method, path string) resolution {
+	var res resolution
+	literal := rt.literalPath(path)
 	for i := range rt.routes {
 		c := &rt.routes[i]
-		if c.method == r.Method && c.match(r.URL.Path) {
-			return c.route, true
+		if literal && c.template != path || !c.match(path) {
+			continue
 		}
+		if res.template == "" {
+			res.template = c.template
+		}
+		if c.method == method {
+			res.route, res.otherMethods = c, false
+			return res
+		}
+		res.otherMethods = true
 	}
-	return route{}, false
+	return res
 }
 
 // routeOf returns the template that r's path matches, the path itself for
 // the fixed documents and probes, or "unmatched".
 func (rt *router) routeOf(r *http.Request) string {
-	for i := range rt.routes {
-		if c := &rt.routes[i]; c.match(r.URL.Path) {
-			return c.template
-		}
+	if t := rt.resolve(r.Method, r.URL.Path).template; t != "" {
+		return t
 	}
 	switch r.URL.Path {
 	case pathOpenAPI, pathDocs, pathHealthz, pathReadyz:
@@ -378,9 +401,7 @@ func (rt *router) routeOf(r *http.Request) string {
 	return "unmatched"
 }
 
-// literalPath reports whether a literal route (such as
-// /api/v1/me/tokens/current) names path exactly: then only such routes
-// apply to it, even where a templated route would match it too.
+// literalPath reports whether a literal route names path exactly.
 func (rt *router) literalPath(path string) bool {
 	for i := range rt.routes {
 		if c := &rt.routes[i]; c.literal && c.template == path {
@@ -390,41 +411,17 @@ func (rt *router) literalPath(path string) bool {
 	return false
 }
 
-// applies reports whether route c serves path.
-func (rt *router) applies(c *compiledRoute, path string, literal bool) bool {
-	return (!literal || c.template == path) && c.match(path)
-}
-
 // allowedMethods lists the methods routed for r's path, for Allow.
 func (rt *router) allowedMethods(r *http.Request) []string {
 	literal := rt.literalPath(r.URL.Path)
 	var out []string
 	for i := range rt.routes {
 		c := &rt.routes[i]
-		if rt.applies(c, r.URL.Path, literal) && !slices.Contains(out, c.method) {
+		if (!literal || c.template == r.URL.Path) && c.match(r.URL.Path) && !slices.Contains(out, c.method) {
 			out = append(out, c.method)
 		}
 	}
 	return out
-}
-
-// methodAllowed reports false when r's path is routed but not for r's
-// method (a 405); an unrouted path is left to the 404 of the mux. Unlike
-// allowedMethods it allocates nothing, as it runs on every request.
-func (rt *router) methodAllowed(r *http.Request) bool {
-	literal := rt.literalPath(r.URL.Path)
-	matched := false
-	for i := range rt.routes {
-		c := &rt.routes[i]
-		if !rt.applies(c, r.URL.Path, literal) {
-			continue
-		}
-		if c.method == r.Method {
-			return true
-		}
-		matched = true
-	}
-	return !matched
 }
 
 // forwardResponse sets what grpc-gateway cannot derive from a response
