@@ -56,7 +56,7 @@ func hotServerStore(tb testing.TB, m *telemetry.Metrics) (http.Handler, *rpc.Pub
 	if err != nil {
 		tb.Fatal(err)
 	}
-	log := slog.New(slog.NewJSONHandler(discard{}, nil)) // format every line, as in production
+	log := newLogger("json", discard{}) // format every line, as in production
 	// As serve wires it, throttle included: its check runs on every request.
 	authn := auth.New(st, rec, nil, time.Now).WithThrottle(auth.NewThrottle(20, time.Minute, 100_000))
 	public := rpc.NewPublic(rpc.Deps{Store: st, Auth: authn, Usage: rec, Logger: log, Limits: service.DefaultLimits(), Now: time.Now, Metrics: m})

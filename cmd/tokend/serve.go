@@ -22,6 +22,7 @@ import (
 	"github.com/tokend/tokend/gateway"
 	"github.com/tokend/tokend/service"
 	"github.com/tokend/tokend/service/auth"
+	"github.com/tokend/tokend/service/logjson"
 	"github.com/tokend/tokend/service/rpc"
 	"github.com/tokend/tokend/service/store"
 	"github.com/tokend/tokend/service/telemetry"
@@ -298,7 +299,9 @@ func newLogger(format string, w io.Writer) *slog.Logger {
 	if format == "text" {
 		return slog.New(slog.NewTextHandler(w, nil))
 	}
-	return slog.New(slog.NewJSONHandler(w, nil))
+	// The same lines as slog.NewJSONHandler(w, nil), at less than half the
+	// cost: one is written per request.
+	return slog.New(logjson.NewHandler(w))
 }
 
 func runServe(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer, ready func(listening)) error {
