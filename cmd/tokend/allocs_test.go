@@ -31,9 +31,9 @@ import (
 // With metrics on (--metrics-addr), promhttp's instrumentation adds its
 // own allocations to the REST path.
 const (
-	restAllocBudget        = 120
-	rpcAllocBudget         = 55
-	restMetricsAllocBudget = 125
+	restAllocBudget        = 108
+	rpcAllocBudget         = 40
+	restMetricsAllocBudget = 115
 )
 
 // hotServer wires the request path as serve does, in-process, with metrics
