@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,7 +38,7 @@ func TestQuickRun(t *testing.T) {
 	out := t.TempDir()
 	var log bytes.Buffer
 	// -pin=false: pinning would move the test process itself to CPU 1.
-	if err := run(ctx, []string{"-quick", "-pin=false", "-out", out}, &log, &log); err != nil {
+	if err := run(ctx, []string{"-quick", "-pin=false", "-cpuprofile", "1s", "-out", out}, &log, &log); err != nil {
 		t.Fatalf("run: %v\n%s", err, log.String())
 	}
 	for _, f := range []string{"results.json", "results.md", "ratios.svg"} {
@@ -86,6 +88,25 @@ func TestQuickRun(t *testing.T) {
 	md, _ := os.ReadFile(filepath.Join(out, "results.md"))
 	if !bytes.Contains(md, []byte("## Targets")) {
 		t.Errorf("results.md has no targets table")
+	}
+
+	// -cpuprofile: a gzipped pprof profile per transport, with tokend's
+	// own functions among its samples' frames.
+	for _, f := range []string{"tokend-rest.pprof", "tokend-grpc.pprof"} {
+		b, err := os.ReadFile(filepath.Join(out, f))
+		if err != nil {
+			t.Errorf("-cpuprofile: %v", err)
+			continue
+		}
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			t.Errorf("%s is not gzipped: %v", f, err)
+			continue
+		}
+		raw, err := io.ReadAll(zr)
+		if err != nil || !bytes.Contains(raw, []byte("github.com/tokend/tokend/")) {
+			t.Errorf("%s: %v; no tokend function in the profile", f, err)
+		}
 	}
 
 	// -redraw rebuilds the report from the JSON alone.
