@@ -391,7 +391,7 @@ func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay,
 			return err
 		}
 		if idem := opts.Idempotency; idem != nil {
-			v, err := json.Marshal(idemRecord{Fingerprint: idem.Fingerprint[:], TokenID: t.ID, Created: opts.Now.Unix(), Sealed: idem.Sealed})
+			v, err := json.Marshal(idemRecord{Fingerprint: idem.Fingerprint[:], TokenID: t.ID, Created: opts.Now.Unix(), CreatedNs: opts.Now.UnixNano(), Sealed: idem.Sealed})
 			if err != nil {
 				return err
 			}
@@ -477,8 +477,13 @@ func countLive(tx *bolt.Tx, user string, now time.Time) (int, error) {
 type idemRecord struct {
 	Fingerprint []byte `json:"fp"`
 	TokenID     uint64 `json:"id"`
-	Created     int64  `json:"created"`
-	Sealed      []byte `json:"sealed"`
+	// Created is the request's time in Unix seconds, rounded down, and
+	// CreatedNs the same time in Unix nanoseconds. The window and purges
+	// go by CreatedNs, so that a window is exactly as long as configured;
+	// records written before it existed have only Created.
+	Created   int64  `json:"created"`
+	CreatedNs int64  `json:"created_ns,omitempty"`
+	Sealed    []byte `json:"sealed"`
 }
 
 type idemEntry struct {
@@ -494,6 +499,9 @@ func decodeIdem(v []byte) (idemEntry, error) {
 		return idemEntry{}, fmt.Errorf("%w: idempotency record: %v", ErrCorrupt, err)
 	}
 	e := idemEntry{TokenID: r.TokenID, Created: time.Unix(r.Created, 0), Sealed: r.Sealed}
+	if r.CreatedNs != 0 {
+		e.Created = time.Unix(0, r.CreatedNs)
+	}
 	if copy(e.Fingerprint[:], r.Fingerprint) != len(e.Fingerprint) {
 		return idemEntry{}, fmt.Errorf("%w: idempotency record fingerprint", ErrCorrupt)
 	}

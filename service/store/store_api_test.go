@@ -1,7 +1,9 @@
 package store
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -1192,10 +1194,6 @@ func TestCreateBatch(t *testing.T) {
 // key created after its cutoff, when the request's time is not a whole
 // second (the server passes time.Now()).
 func TestIdempotencyWindowSubSecond(t *testing.T) {
-	t.Skip("BUG: Create stores the idempotency record's creation time as whole Unix seconds (opts.Now.Unix(), truncated), " +
-		"so the window ends up to a second early: a retry at first+Window-100ms, within the window, creates a second token " +
-		"instead of replaying; and PurgeIdempotency(cutoff) removes a key created at t0+900ms for a cutoff of t0+500ms, " +
-		"though its doc says it forgets keys created before cutoff")
 	at := t0.Add(900 * time.Millisecond)
 
 	s, _ := openTemp(t)
@@ -1235,5 +1233,22 @@ func TestCreateReplayCommitsNothing(t *testing.T) {
 	}
 	if after := txid(); after != before {
 		t.Errorf("a replay committed a write transaction (txid %d -> %d)", before, after)
+	}
+}
+
+// TestIdempotencyRecordWithoutNanoseconds checks that a record written
+// before created_ns existed is still read, by its whole seconds.
+func TestIdempotencyRecordWithoutNanoseconds(t *testing.T) {
+	fp := bytes.Repeat([]byte{7}, 32)
+	v, err := json.Marshal(map[string]any{"fp": fp, "id": 5, "created": 1700000000, "sealed": []byte("s")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := decodeIdem(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.Created.Equal(time.Unix(1700000000, 0)) || e.TokenID != 5 || string(e.Sealed) != "s" || !bytes.Equal(e.Fingerprint[:], fp) {
+		t.Errorf("decodeIdem(old record) = %+v", e)
 	}
 }
