@@ -358,24 +358,32 @@ type Replay struct {
 // means a broken RNG).
 func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay, error) {
 	var replay *Replay
+	if idem := opts.Idempotency; idem != nil {
+		// A retry is answered from a read transaction: it writes nothing,
+		// so it costs no disk sync and works while the disk takes no
+		// writes. The write transaction below looks again, for a retry
+		// racing its original.
+		var orig token.Token
+		err := s.db.View(func(tx *bolt.Tx) (err error) {
+			orig, replay, err = replayOf(tx, idem, opts.Now)
+			return err
+		})
+		if err != nil {
+			return token.Token{}, nil, fmt.Errorf("create token: %w", err)
+		}
+		if replay != nil {
+			return orig, replay, nil
+		}
+	}
 	err := s.update(func(tx *bolt.Tx) error {
 		if idem := opts.Idempotency; idem != nil {
-			if v := tx.Bucket(bucketIdem).Get(idem.Key[:]); v != nil {
-				rec, err := decodeIdem(v)
-				if err != nil {
-					return err
-				}
-				if opts.Now.Before(rec.Created.Add(idem.Window)) {
-					if rec.Fingerprint != idem.Fingerprint {
-						return fmt.Errorf("%w: this Idempotency-Key was used for a different request", token.ErrConflict)
-					}
-					orig, err := get(tx, rec.TokenID)
-					if err != nil {
-						return err
-					}
-					t, replay = orig, &Replay{Sealed: rec.Sealed}
-					return nil
-				}
+			orig, rep, err := replayOf(tx, idem, opts.Now)
+			if err != nil {
+				return err
+			}
+			if rep != nil {
+				t, replay = orig, rep
+				return nil
 			}
 		}
 		if opts.MaxLive > 0 {
@@ -471,6 +479,32 @@ func countLive(tx *bolt.Tx, user string, now time.Time) (int, error) {
 		return nil
 	})
 	return n, err
+}
+
+// replayOf returns the token created by an earlier request under idem's
+// key, and a non-nil Replay, if that request is within the window; nil if
+// there is none. A request within the window with another fingerprint is
+// token.ErrConflict.
+func replayOf(tx *bolt.Tx, idem *Idempotency, now time.Time) (token.Token, *Replay, error) {
+	v := tx.Bucket(bucketIdem).Get(idem.Key[:])
+	if v == nil {
+		return token.Token{}, nil, nil
+	}
+	rec, err := decodeIdem(v)
+	if err != nil {
+		return token.Token{}, nil, err
+	}
+	if !now.Before(rec.Created.Add(idem.Window)) {
+		return token.Token{}, nil, nil
+	}
+	if rec.Fingerprint != idem.Fingerprint {
+		return token.Token{}, nil, fmt.Errorf("%w: this Idempotency-Key was used for a different request", token.ErrConflict)
+	}
+	orig, err := get(tx, rec.TokenID)
+	if err != nil {
+		return token.Token{}, nil, err
+	}
+	return orig, &Replay{Sealed: rec.Sealed}, nil
 }
 
 // idemRecord is the stored form of an idempotent create.
