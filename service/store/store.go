@@ -365,7 +365,7 @@ func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay,
 		// racing its original.
 		var orig token.Token
 		err := s.db.View(func(tx *bolt.Tx) (err error) {
-			orig, replay, err = replayOf(tx, idem, opts.Now)
+			orig, replay, err = replayOf(tx, idem, t.UserID, opts.Now)
 			return err
 		})
 		if err != nil {
@@ -377,7 +377,7 @@ func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay,
 	}
 	err := s.update(func(tx *bolt.Tx) error {
 		if idem := opts.Idempotency; idem != nil {
-			orig, rep, err := replayOf(tx, idem, opts.Now)
+			orig, rep, err := replayOf(tx, idem, t.UserID, opts.Now)
 			if err != nil {
 				return err
 			}
@@ -481,11 +481,13 @@ func countLive(tx *bolt.Tx, user string, now time.Time) (int, error) {
 	return n, err
 }
 
-// replayOf returns the token created by an earlier request under idem's
-// key, and a non-nil Replay, if that request is within the window; nil if
-// there is none. A request within the window with another fingerprint is
-// token.ErrConflict.
-func replayOf(tx *bolt.Tx, idem *Idempotency, now time.Time) (token.Token, *Replay, error) {
+// replayOf returns the token created by an earlier request of user under
+// idem's key, and a non-nil Replay, if that request is within the window;
+// nil if there is none. A request within the window with another
+// fingerprint is token.ErrConflict, and so is a key whose token another
+// user owns: callers mix the user into the key, and if one ever failed to,
+// a replay must still never hand out someone else's token.
+func replayOf(tx *bolt.Tx, idem *Idempotency, user string, now time.Time) (token.Token, *Replay, error) {
 	v := tx.Bucket(bucketIdem).Get(idem.Key[:])
 	if v == nil {
 		return token.Token{}, nil, nil
@@ -503,6 +505,9 @@ func replayOf(tx *bolt.Tx, idem *Idempotency, now time.Time) (token.Token, *Repl
 	orig, err := get(tx, rec.TokenID)
 	if err != nil {
 		return token.Token{}, nil, err
+	}
+	if orig.UserID != user {
+		return token.Token{}, nil, fmt.Errorf("%w: this Idempotency-Key was used for a different request", token.ErrConflict)
 	}
 	return orig, &Replay{Sealed: rec.Sealed}, nil
 }

@@ -1249,3 +1249,21 @@ func TestIdempotencyRecordWithoutNanoseconds(t *testing.T) {
 		t.Errorf("decodeIdem(old record) = %+v", e)
 	}
 }
+
+// TestCreateReplayNeverCrossesUsers checks that a key that, by a caller's
+// mistake, is the same for two users (the user not mixed in) never
+// replays one user's token to the other: the second create is a conflict
+// and stores nothing.
+func TestCreateReplayNeverCrossesUsers(t *testing.T) {
+	s, _ := openTemp(t)
+	shared := &Idempotency{Key: sha256.Sum256([]byte("no user in this key")), Fingerprint: sha256.Sum256([]byte("req")), Sealed: []byte("a"), Window: idemWindow}
+	createWith(t, s, "alice", "a", CreateOptions{Now: t0, Idempotency: shared})
+	createWith(t, s, "bob", "b0", CreateOptions{Now: t0}) // bob exists
+	before := listAll(t, s, "bob")
+	tok, _ := newToken(t, "bob", "b")
+	got, replay, err := s.Create(tok, CreateOptions{Now: t0.Add(time.Second), Idempotency: shared})
+	if !errors.Is(err, token.ErrConflict) || replay != nil || got.UserID == "alice" {
+		t.Errorf("bob's create under alice's key = %+v, replay %v, %v; want token.ErrConflict", got, replay != nil, err)
+	}
+	assertSameTokens(t, "bob's tokens", listAll(t, s, "bob"), before)
+}
