@@ -31,6 +31,13 @@ type lookupCache struct {
 	max   int
 	epoch uint64
 	m     map[secret.Hash]token.Token
+	// order holds the hashes in the order they were filled, as a ring:
+	// when the cache is full, a fill evicts the oldest fill's entry (if it
+	// is still there) and takes its place. That is O(1); picking an
+	// arbitrary victim by starting a map iteration was a measurable share
+	// of every miss.
+	order []secret.Hash
+	next  int
 }
 
 func newLookupCache(max int) *lookupCache {
@@ -53,11 +60,17 @@ func (c *lookupCache) fill(h secret.Hash, t token.Token, epoch uint64) {
 	if c.epoch != epoch {
 		return
 	}
-	if len(c.m) >= c.max {
-		for k := range c.m { // map order is random: evict an arbitrary entry
-			delete(c.m, k)
-			break
-		}
+	if _, ok := c.m[h]; ok {
+		c.m[h] = t
+		return
+	}
+	// Every key in m has a slot in order, so m never holds more than max.
+	if len(c.order) < c.max {
+		c.order = append(c.order, h)
+	} else {
+		delete(c.m, c.order[c.next])
+		c.order[c.next] = h
+		c.next = (c.next + 1) % c.max
 	}
 	c.m[h] = t
 }

@@ -1,7 +1,9 @@
 package store
 
 import (
+	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -164,5 +166,61 @@ func TestLookupCacheRevokeRacesFlush(t *testing.T) {
 	}
 	if got.RevokedAt.IsZero() {
 		t.Error("after Revoke returned, Lookup sees the token unrevoked: a flush's late cache upkeep restored it")
+	}
+}
+
+// TestLookupCacheEvictsOldest checks the cache's bound and eviction order
+// over a random mix of fills, refills and drops: it never holds more than
+// max entries, the latest fill is always there, and a full cache evicts
+// the entry filled longest ago.
+func TestLookupCacheEvictsOldest(t *testing.T) {
+	const max = 8
+	c := newLookupCache(max)
+	hash := func(i int) secret.Hash { return secret.Hash{byte(i), byte(i >> 8)} }
+	for i := range max + 1 {
+		c.fill(hash(i), token.Token{ID: uint64(i)}, c.epoch)
+	}
+	if _, ok := c.m[hash(0)]; ok || len(c.m) != max {
+		t.Errorf("after %d fills into %d: %d entries, oldest still cached: %v", max+1, max, len(c.m), ok)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for step := range 10_000 {
+		h := hash(rng.IntN(3 * max))
+		switch rng.IntN(3) {
+		case 0:
+			c.drop(h)
+			if _, ok := c.m[h]; ok {
+				t.Fatalf("step %d: dropped entry still cached", step)
+			}
+		default:
+			c.fill(h, token.Token{ID: uint64(step)}, c.epoch)
+			if got, ok := c.m[h]; !ok || got.ID != uint64(step) {
+				t.Fatalf("step %d: the entry just filled is %v, %v", step, got.ID, ok)
+			}
+		}
+		if len(c.m) > max {
+			t.Fatalf("step %d: %d entries, max %d", step, len(c.m), max)
+		}
+	}
+}
+
+// BenchmarkLookupCacheFillFull measures a fill into a full cache of the
+// default size: a miss's cost beyond its read, as most requests under the
+// benchmark harness's load are misses.
+func BenchmarkLookupCacheFillFull(b *testing.B) {
+	c := newLookupCache(DefaultCacheEntries)
+	var h secret.Hash
+	i := uint64(0)
+	fill := func() {
+		i++
+		binary.LittleEndian.PutUint64(h[:], i*0x9e3779b97f4a7c15)
+		c.fill(h, token.Token{ID: i}, c.epoch)
+	}
+	for range 2 * DefaultCacheEntries {
+		fill()
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		fill()
 	}
 }
