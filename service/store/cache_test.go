@@ -224,3 +224,36 @@ func BenchmarkLookupCacheFillFull(b *testing.B) {
 		fill()
 	}
 }
+
+// TestLookupCacheFlushCountsOnce lets a Lookup refill the cache between a
+// usage flush's commit and its cache upkeep: the copy it caches has the
+// batch already, and the upkeep must not add the uses a second time. A
+// copy cached before the flush must get them.
+func TestLookupCacheFlushCountsOnce(t *testing.T) {
+	s, _ := openTemp(t)
+	early, he := create(t, s, "alice", "early")
+	late, hl := create(t, s, "alice", "late")
+	at := t0.Add(time.Minute)
+	if _, err := s.Lookup(he, at); err != nil { // cached before the flush
+		t.Fatal(err)
+	}
+	s.hookCommitted = func() {
+		s.hookCommitted = nil
+		if _, err := s.Lookup(hl, at); err != nil { // cached after its commit
+			t.Error(err)
+		}
+	}
+	if err := s.ApplyUsage(1, map[uint64]usage.Delta{early.ID: {Count: 3, Last: at.Unix()}, late.ID: {Count: 5, Last: at.Unix()}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		h    secret.Hash
+		want uint64
+	}{{he, 3}, {hl, 5}} {
+		cached, ok, _ := s.cache.get(c.h)
+		if !ok || cached.UsageCount != c.want || cached.UsageBatch != 1 || !cached.LastUsedAt.Equal(time.Unix(at.Unix(), 0)) {
+			t.Errorf("cached after the flush: %v uses, batch %d, last used %v (cached %v); want %d, 1, %v",
+				cached.UsageCount, cached.UsageBatch, cached.LastUsedAt, ok, c.want, at.Unix())
+		}
+	}
+}
