@@ -50,10 +50,6 @@ func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler 
 			next.ServeHTTP(w, r)
 			return
 		}
-		// grpc-gateway would also fill the request from the query string,
-		// letting ?update_mask=allowed_ips override the mask derived from
-		// the body. A route with a body takes its input from the body alone.
-		r.URL.RawQuery = ""
 		if r.ContentLength > maxBytes {
 			refuseTooLarge(w, r, maxBytes)
 			return
@@ -79,10 +75,24 @@ func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler 
 				return
 			}
 		}
-		r.Body = io.NopCloser(bytes.NewReader(data))
-		r.ContentLength = int64(len(data))
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, withCheckedBody(r, data))
 	})
+}
+
+// withCheckedBody returns a shallow copy of r (handlers must not change
+// the request they are given, and its URL is shared with the caller's)
+// whose body is data, already read and checked, and whose query string is
+// empty: grpc-gateway would also fill the request from the query string,
+// letting ?update_mask=allowed_ips override the mask derived from the
+// body, and a route with a body takes its input from the body alone.
+func withCheckedBody(r *http.Request, data []byte) *http.Request {
+	r = r.WithContext(r.Context())
+	u := *r.URL
+	u.RawQuery = ""
+	r.URL = &u
+	r.Body = io.NopCloser(bytes.NewReader(data))
+	r.ContentLength = int64(len(data))
+	return r
 }
 
 // vetQuery checks the query parameters that name fields of msg: integers

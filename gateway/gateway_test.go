@@ -679,3 +679,29 @@ func TestTooLargeClosesTheConnection(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckBodyLeavesTheRequestAlone checks that the body check hands on a
+// copy with the checked body and no query string, and leaves the request
+// it was given (whose URL its caller shares) as it was.
+func TestCheckBodyLeavesTheRequestAlone(t *testing.T) {
+	var got *http.Request
+	var gotBody []byte
+	h := newRouter().checkBody(DefaultMaxBodyBytes, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = r
+		gotBody, _ = io.ReadAll(r.Body)
+	}))
+	body := `{"name":"ci"}`
+	r := httptest.NewRequest(http.MethodPost, "/api/v1/me/tokens?update_mask=allowed_ips", strings.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	url := r.URL
+	h.ServeHTTP(httptest.NewRecorder(), r)
+	if got == nil {
+		t.Fatal("the checked request was not handed on")
+	}
+	if got.URL.RawQuery != "" || string(gotBody) != body || got.ContentLength != int64(len(body)) {
+		t.Errorf("handed on: query %q, body %q (length %d); want no query and the body", got.URL.RawQuery, gotBody, got.ContentLength)
+	}
+	if r.URL != url || r.URL.RawQuery != "update_mask=allowed_ips" {
+		t.Errorf("the caller's request now has query %q; want it unchanged", r.URL.RawQuery)
+	}
+}
