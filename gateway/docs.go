@@ -28,7 +28,6 @@ func docsHandler() (http.Handler, error) {
 		h := w.Header()
 		h.Set("Content-Type", "text/html; charset=utf-8")
 		h.Set("Content-Security-Policy", docsCSP)
-		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("Content-Length", strconv.Itoa(len(page)))
 		w.WriteHeader(http.StatusOK)

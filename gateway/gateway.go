@@ -217,13 +217,15 @@ func edge(log *slog.Logger, rt *router, next http.Handler) http.Handler {
 		ctx := request.NewContext(r.Context(), ri)
 		r = r.WithContext(ctx)
 		sw := &statusWriter{ResponseWriter: w}
-		// Both header values in one allocation; they are set on every
-		// response, so it shows.
-		vals := make([]string, 2)
-		vals[0], vals[1] = ri.TraceID, "no-store"
+		// Headers every response carries, the values in one allocation, as
+		// they are set on every request: the trace id, no caching (the
+		// answers are per caller), and no content sniffing.
+		vals := make([]string, 3)
+		vals[0], vals[1], vals[2] = ri.TraceID, "no-store", "nosniff"
 		h := sw.Header()
 		h[TraceHeader] = vals[0:1:1]
 		h["Cache-Control"] = vals[1:2:2]
+		h["X-Content-Type-Options"] = vals[2:3:3]
 		defer func() {
 			attrs := make([]slog.Attr, 0, 10)
 			attrs = append(attrs,

@@ -705,3 +705,40 @@ func TestCheckBodyLeavesTheRequestAlone(t *testing.T) {
 		t.Errorf("the caller's request now has query %q; want it unchanged", r.URL.RawQuery)
 	}
 }
+
+// TestEveryResponseHasEdgeHeaders checks the headers the edge puts on every
+// response, whoever answers: an API success, problems from the router and
+// from the service, and the documents and probes beside the API.
+func TestEveryResponseHasEdgeHeaders(t *testing.T) {
+	ok := newHandler(t, &fakeConn{reply: &tokenv1.GetTokenResponse{Token: &tokenv1.Token{Id: 42}}}, nil)
+	failing := newHandler(t, &fakeConn{err: status.Error(codes.NotFound, "no such token")}, nil)
+	for _, tc := range []struct {
+		name, method, path string
+		h                  http.Handler
+		status             int
+	}{
+		{"success", http.MethodGet, "/api/v1/me/tokens/42", ok, http.StatusOK},
+		{"service error", http.MethodGet, "/api/v1/me/tokens/42", failing, http.StatusNotFound},
+		{"unknown path", http.MethodGet, "/nope", ok, http.StatusNotFound},
+		{"method not allowed", http.MethodPut, "/api/v1/me/tokens/42", ok, http.StatusMethodNotAllowed},
+		{"OpenAPI document", http.MethodGet, pathOpenAPI, ok, http.StatusOK},
+		{"docs", http.MethodGet, pathDocs, ok, http.StatusOK},
+		{"liveness", http.MethodGet, pathHealthz, ok, http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			tc.h.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, nil))
+			if rec.Code != tc.status {
+				t.Fatalf("status %d, want %d", rec.Code, tc.status)
+			}
+			for k, want := range map[string]string{"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"} {
+				if got := rec.Header().Values(k); len(got) != 1 || got[0] != want {
+					t.Errorf("%s = %q, want exactly %q", k, got, want)
+				}
+			}
+			if tid := rec.Header().Get(TraceHeader); len(tid) != 32 {
+				t.Errorf("%s = %q, want a trace id", TraceHeader, tid)
+			}
+		})
+	}
+}

@@ -20,7 +20,6 @@ func openAPIHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h.Set("Content-Type", "application/json")
-		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Content-Length", strconv.Itoa(len(openAPIDocument)))
 		w.WriteHeader(http.StatusOK)
 		if r.Method == http.MethodGet {

@@ -74,7 +74,6 @@ func writeProblem(w http.ResponseWriter, r *http.Request, code int, detail strin
 	}
 	h := w.Header()
 	h.Set("Content-Type", ProblemContentType)
-	h.Set("X-Content-Type-Options", "nosniff")
 	h.Del("Content-Length")
 	w.WriteHeader(code)
 	_, _ = w.Write(body)

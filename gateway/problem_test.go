@@ -222,9 +222,6 @@ func TestHandleError(t *testing.T) {
 			if got := rec.Header().Get("WWW-Authenticate"); got != tt.wantChallenge {
 				t.Errorf("WWW-Authenticate = %q, want %q", got, tt.wantChallenge)
 			}
-			if got := rec.Header().Get("X-Content-Type-Options"); got != "nosniff" {
-				t.Errorf("X-Content-Type-Options = %q, want nosniff", got)
-			}
 		})
 	}
 }
