@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -163,6 +164,25 @@ func TestGRPCGetToken(t *testing.T) {
 			if s.GetName() == "tokend.admin.v1.AdminService" {
 				t.Error("the public server exposes the admin service")
 			}
+		}
+		// A stream has a trace id, sent back, and one log line when it ends.
+		const tid = "5bf92f3577b34da6a3ce929d0e0e4736"
+		traced, err := reflectionpb.NewServerReflectionClient(f.s.conn).ServerReflectionInfo(
+			metadata.AppendToOutgoingContext(ctx, "traceparent", "00-"+tid+"-00f067aa0ba902b7-01"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := traced.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := traced.Recv(); err != io.EOF {
+			t.Fatalf("reflection stream ended with %v, want EOF", err)
+		}
+		if header, err := traced.Header(); err != nil || len(header.Get("x-trace-id")) != 1 || header.Get("x-trace-id")[0] != tid {
+			t.Errorf("stream x-trace-id = %v (%v), want %s", header.Get("x-trace-id"), err, tid)
+		}
+		if logs := f.s.logs.String(); !containsAll(logs, `"trace_id":"`+tid+`"`, `"method":"ServerReflectionInfo"`, `"code":"OK"`) {
+			t.Errorf("no log line for the stream with its trace id")
 		}
 	})
 

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -63,7 +62,7 @@ const storageRetryDelay = 5 * time.Second
 // a generic message, and its cause is logged once, with the trace id, and
 // never sent; so is the cause of a write the database could not take
 // (Unavailable).
-func mapError(ctx context.Context, log *slog.Logger, info *grpc.UnaryServerInfo, err error) error {
+func mapError(ctx context.Context, log *slog.Logger, fullMethod string, err error) error {
 	st := toStatus(err)
 	var msg string
 	switch {
@@ -73,7 +72,7 @@ func mapError(ctx context.Context, log *slog.Logger, info *grpc.UnaryServerInfo,
 		msg = "internal error"
 	}
 	if msg != "" {
-		attrs := []any{slog.String("method", info.FullMethod), slog.String("error", err.Error())}
+		attrs := []any{slog.String("method", fullMethod), slog.String("error", err.Error())}
 		if ri := request.FromContext(ctx); ri != nil {
 			attrs = append(attrs, slog.String("trace_id", ri.TraceID))
 		}

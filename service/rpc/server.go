@@ -126,7 +126,8 @@ type Public struct {
 // network server also has, outside that chain, the tracing stats handler
 // and the metrics interceptor (the gateway instruments REST requests
 // itself, at the HTTP edge). The chain is unary: the streaming methods of
-// reflection and health (Watch) need no token and run without it, unlogged.
+// reflection and health (Watch) need no token, and streamInterceptor gives
+// them a trace id, a log line and panic recovery.
 func NewPublic(d Deps) *Public {
 	limits := d.Server.orDefault()
 	interceptors := []grpc.UnaryServerInterceptor{
@@ -138,7 +139,8 @@ func NewPublic(d Deps) *Public {
 	if m := d.Metrics.UnaryServerInterceptor(); m != nil {
 		network = append([]grpc.UnaryServerInterceptor{m}, interceptors...)
 	}
-	opts := append(append(serverOptions(limits), d.Tracing.ServerOptions()...), grpc.ChainUnaryInterceptor(network...))
+	opts := append(append(serverOptions(limits), d.Tracing.ServerOptions()...),
+		grpc.ChainUnaryInterceptor(network...), grpc.ChainStreamInterceptor(streamInterceptor(d.Logger)))
 	srv := grpc.NewServer(opts...)
 	tokens := service.NewTokenService(service.NewTokens(d.Store, d.Usage, d.Limits, d.Now), d.Now)
 	tokenv1.RegisterTokenServiceServer(srv, tokens)
@@ -223,6 +225,50 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	}
 }
 
+// streamInterceptor is the edge and guard of the streaming methods, which
+// the unary chain does not see: reflection, and health's Watch. They need
+// no token. A stream gets a trace id (sent as x-trace-id) and one log line
+// when it ends, and a panic in its handler becomes Internal, its cause
+// logged with the stack, as in the unary chain. There is no deadline cap:
+// a Watch is meant to last.
+func streamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		start := time.Now()
+		ctx := ss.Context()
+		var tp string
+		if v := metadata.ValueFromIncomingContext(ctx, "traceparent"); len(v) > 0 {
+			tp = v[0]
+		}
+		peerAddr := auth.PeerAddr(ctx)
+		ri := &request.Info{TraceID: request.TraceIDFrom(ctx, tp), Peer: peerAddr, Client: peerAddr}
+		ctx = request.NewContext(ctx, ri)
+		_ = ss.SetHeader(metadata.Pairs(TraceHeader, ri.TraceID))
+		defer func() {
+			if r := recover(); r != nil {
+				err = mapError(ctx, log, info.FullMethod, fmt.Errorf("panic in %s: %v\n%s", info.FullMethod, r, debug.Stack()))
+			}
+			svc, method := splitMethod(info.FullMethod)
+			LogRequest(ctx, log, AppendCallerAttrs([]slog.Attr{
+				slog.String("trace_id", ri.TraceID),
+				slog.String("transport", "grpc"),
+				slog.String("service", svc),
+				slog.String("method", method),
+				slog.String("code", status.Code(err).String()),
+				slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
+			}, ri))
+		}()
+		return handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
+	}
+}
+
+// contextStream is a ServerStream whose handler sees ctx.
+type contextStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *contextStream) Context() context.Context { return s.ctx }
+
 // LogRequest writes the one "request" line a request ends with, at level
 // Info, with attrs; both edges use it. It hands the record to the logger's
 // handler itself: slog.Logger would also take the caller's program counter
@@ -269,7 +315,7 @@ func guardInterceptor(log *slog.Logger, max time.Duration) grpc.UnaryServerInter
 		}
 		resp, err := callRecovering(ctx, req, info, handler)
 		if err != nil {
-			return nil, mapError(ctx, log, info, err)
+			return nil, mapError(ctx, log, info.FullMethod, err)
 		}
 		return resp, nil
 	}

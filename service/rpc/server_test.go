@@ -9,8 +9,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/tokend/tokend/service/request"
 	"github.com/tokend/tokend/service/testutil"
 )
 
@@ -92,5 +94,52 @@ func TestRecoverTurnsPanicIntoInternal(t *testing.T) {
 	resp, err := chain(context.Background(), nil, info, func(context.Context, any) (any, error) { return "ok", nil })
 	if err != nil || resp != "ok" {
 		t.Errorf("after a panic: %v, %v; want the chain to keep serving", resp, err)
+	}
+}
+
+// fakeServerStream is the least of a grpc.ServerStream the stream
+// interceptor uses.
+type fakeServerStream struct {
+	grpc.ServerStream
+	ctx    context.Context
+	header metadata.MD
+}
+
+func (s *fakeServerStream) Context() context.Context { return s.ctx }
+func (s *fakeServerStream) SetHeader(md metadata.MD) error {
+	s.header = metadata.Join(s.header, md)
+	return nil
+}
+
+// TestStreamInterceptorRecoversPanic checks that a panicking stream
+// handler ends its stream with Internal and the generic message, its panic
+// logged once with the stack and the trace id, never sent; and that the
+// handler sees the request's Info.
+func TestStreamInterceptorRecoversPanic(t *testing.T) {
+	var logs testutil.SyncBuffer
+	ic := streamInterceptor(slog.New(slog.NewJSONHandler(&logs, nil)))
+	ss := &fakeServerStream{ctx: context.Background()}
+	info := &grpc.StreamServerInfo{FullMethod: "/grpc.health.v1.Health/Watch", IsServerStream: true}
+	var seen *request.Info
+	err := ic(nil, ss, info, func(_ any, s grpc.ServerStream) error {
+		seen = request.FromContext(s.Context())
+		panic("secret internals")
+	})
+	st := status.Convert(err)
+	if st.Code() != codes.Internal || st.Message() != MessageInternal {
+		t.Errorf("a panicking stream: %v %q, want Internal %q", st.Code(), st.Message(), MessageInternal)
+	}
+	if seen == nil || len(seen.TraceID) != 32 {
+		t.Fatalf("the handler saw Info %+v, want one with a trace id", seen)
+	}
+	if got := ss.header.Get(TraceHeader); len(got) != 1 || got[0] != seen.TraceID {
+		t.Errorf("x-trace-id header = %v, want %s", got, seen.TraceID)
+	}
+	out := logs.String()
+	if strings.Count(out, `"msg":"internal error"`) != 1 || !strings.Contains(out, "secret internals") || !strings.Contains(out, "goroutine") {
+		t.Errorf("log lacks one internal-error line with the panic and its stack:\n%s", out)
+	}
+	if !strings.Contains(out, `"msg":"request"`) || !strings.Contains(out, `"code":"Internal"`) || !strings.Contains(out, seen.TraceID) {
+		t.Errorf("log lacks the stream's request line with its code and trace id:\n%s", out)
 	}
 }
