@@ -8,7 +8,19 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"syscall"
 )
+
+// checkSocketPath refuses an admin socket path that a unix socket address
+// cannot hold (sun_path: 108 bytes on Linux, 104 on macOS, the last for a
+// NUL), which bind would refuse only with "invalid argument", and only
+// after the database had been opened.
+func checkSocketPath(path string) error {
+	if max := len(syscall.RawSockaddrUnix{}.Path) - 1; len(path) > max {
+		return fmt.Errorf("the admin socket %s (the database path plus .sock) is %d bytes long, and a unix socket path holds at most %d; use a shorter database path", path, len(path), max)
+	}
+	return nil
+}
 
 // listenAdmin listens on the unix socket beside the database for the
 // `tokend token` commands. Only the owner can reach it: the socket file is

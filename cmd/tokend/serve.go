@@ -263,6 +263,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	if err != nil || cfg.ShutdownTimeout <= 0 {
 		return cfg, fmt.Errorf("%w: --shutdown-timeout must be a positive duration such as 10s, got %q", errUsage, shutdown)
 	}
+	if err := checkSocketPath(socketPath(cfg.DB)); err != nil {
+		return cfg, fmt.Errorf("%w: --db: %w", errUsage, err)
+	}
 	return cfg, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -121,5 +122,26 @@ func TestServeFlagsReachTheServer(t *testing.T) {
 	}
 	if def.MetricsAddr != "" || def.Tracing.Endpoint != "" || def.GRPC.MaxCallDuration != 10*time.Second {
 		t.Errorf("defaults: metrics %q, tracing %+v, gRPC %+v; want both off and a 10s cap", def.MetricsAddr, def.Tracing, def.GRPC)
+	}
+}
+
+// TestServeRefusesTooLongSocketPath checks that a database path whose admin
+// socket a unix socket address cannot hold is refused as a usage error
+// naming the limit, before the database is created.
+func TestServeRefusesTooLongSocketPath(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 120))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(dir, "tokend.db")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := runServe(ctx, []string{"--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"},
+		func(string) string { return "" }, io.Discard, func(listening) { t.Error("the server started") })
+	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "unix socket path holds at most") {
+		t.Errorf("runServe = %v, want a usage error about the socket path's length", err)
+	}
+	if _, err := os.Stat(db); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the database was created (stat: %v)", err)
 	}
 }
