@@ -201,25 +201,10 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 			return handler(ctx, req)
 		}
 		start := time.Now()
-		var tp string
-		if v := metadata.ValueFromIncomingContext(ctx, "traceparent"); len(v) > 0 {
-			tp = v[0] // the first, as OpenTelemetry's propagator reads it
-		}
-		peerAddr := auth.PeerAddr(ctx)
-		ri := &request.Info{TraceID: request.TraceIDFrom(ctx, tp), Peer: peerAddr, Client: peerAddr}
-		ctx = request.NewContext(ctx, ri)
+		ctx, ri := startCall(ctx)
 		_ = grpc.SetHeader(ctx, metadata.Pairs(TraceHeader, ri.TraceID))
 		resp, err := handler(ctx, req)
-		svc, method := splitMethod(info.FullMethod)
-		attrs := []slog.Attr{
-			slog.String("trace_id", ri.TraceID),
-			slog.String("transport", "grpc"),
-			slog.String("service", svc),
-			slog.String("method", method),
-			slog.String("code", status.Code(err).String()),
-			slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
-		}
-		LogRequest(ctx, log, AppendCallerAttrs(attrs, ri))
+		logCall(ctx, log, ri, info.FullMethod, err, start)
 		telemetry.Annotate(ctx, ri)
 		return resp, err
 	}
@@ -234,31 +219,42 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 func streamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		start := time.Now()
-		ctx := ss.Context()
-		var tp string
-		if v := metadata.ValueFromIncomingContext(ctx, "traceparent"); len(v) > 0 {
-			tp = v[0]
-		}
-		peerAddr := auth.PeerAddr(ctx)
-		ri := &request.Info{TraceID: request.TraceIDFrom(ctx, tp), Peer: peerAddr, Client: peerAddr}
-		ctx = request.NewContext(ctx, ri)
+		ctx, ri := startCall(ss.Context())
 		_ = ss.SetHeader(metadata.Pairs(TraceHeader, ri.TraceID))
 		defer func() {
 			if r := recover(); r != nil {
 				err = mapError(ctx, log, info.FullMethod, fmt.Errorf("panic in %s: %v\n%s", info.FullMethod, r, debug.Stack()))
 			}
-			svc, method := splitMethod(info.FullMethod)
-			LogRequest(ctx, log, AppendCallerAttrs([]slog.Attr{
-				slog.String("trace_id", ri.TraceID),
-				slog.String("transport", "grpc"),
-				slog.String("service", svc),
-				slog.String("method", method),
-				slog.String("code", status.Code(err).String()),
-				slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
-			}, ri))
+			logCall(ctx, log, ri, info.FullMethod, err, start)
 		}()
 		return handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
 	}
+}
+
+// startCall starts the Info of a call that arrived over gRPC: its trace id
+// from the traceparent metadata (the first, as OpenTelemetry's propagator
+// reads it) or fresh, and the transport peer.
+func startCall(ctx context.Context) (context.Context, *request.Info) {
+	var tp string
+	if v := metadata.ValueFromIncomingContext(ctx, "traceparent"); len(v) > 0 {
+		tp = v[0]
+	}
+	peerAddr := auth.PeerAddr(ctx)
+	ri := &request.Info{TraceID: request.TraceIDFrom(ctx, tp), Peer: peerAddr, Client: peerAddr}
+	return request.NewContext(ctx, ri), ri
+}
+
+// logCall writes a gRPC call's request line.
+func logCall(ctx context.Context, log *slog.Logger, ri *request.Info, fullMethod string, err error, start time.Time) {
+	svc, method := splitMethod(fullMethod)
+	LogRequest(ctx, log, AppendCallerAttrs([]slog.Attr{
+		slog.String("trace_id", ri.TraceID),
+		slog.String("transport", "grpc"),
+		slog.String("service", svc),
+		slog.String("method", method),
+		slog.String("code", status.Code(err).String()),
+		slog.Float64("latency_ms", float64(time.Since(start).Microseconds())/1000),
+	}, ri))
 }
 
 // contextStream is a ServerStream whose handler sees ctx.
