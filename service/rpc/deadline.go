@@ -31,10 +31,16 @@ type cappedContext struct {
 	deadline        time.Time
 	once            sync.Once
 	timed           atomic.Pointer[timedContext]
+
+	mu sync.Mutex
+	// err is the first error Err reported (or release fixed): as the
+	// Context contract asks, Err keeps returning it.
+	err error
 	// released is set when the call has ended: like a context.WithTimeout
-	// whose cancel has run, the context then reports Canceled to anything
-	// (a goroutine the handler left behind) still holding it.
-	released atomic.Bool
+	// whose cancel has run, the context then reports Canceled (unless it
+	// had already ended) to anything (a goroutine the handler left behind)
+	// still holding it.
+	released bool
 }
 
 // timedContext is the real context.WithDeadline a cappedContext makes
@@ -47,27 +53,39 @@ type timedContext struct {
 func (c *cappedContext) Deadline() (time.Time, bool) { return c.deadline, true }
 
 // Done makes the timer context on first use, so that the channel closes
-// when the parent's does or at the deadline, as context.WithDeadline's.
+// when the parent's does or at the deadline, as context.WithDeadline's; or
+// at once, if the call has ended.
 func (c *cappedContext) Done() <-chan struct{} {
 	c.once.Do(func() {
 		ctx, cancel := context.WithDeadline(c.Context, c.deadline)
 		c.timed.Store(&timedContext{ctx: ctx, cancel: cancel})
-		if c.released.Load() {
+		c.mu.Lock()
+		released := c.released
+		c.mu.Unlock()
+		if released {
 			cancel()
 		}
 	})
 	return c.timed.Load().ctx.Done()
 }
 
-// Err is the parent's error, or DeadlineExceeded once the deadline has
-// passed; once Done has been asked for, the timer context's, so that Err is
-// non-nil exactly when Done is closed.
+// Err is nil until the context ends, then the same error from then on:
+// the parent's, DeadlineExceeded once the deadline has passed, or Canceled
+// once the call has ended. Once Done has been asked for, Err is non-nil
+// exactly when Done is closed.
 func (c *cappedContext) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = c.observe()
+	}
+	return c.err
+}
+
+// observe is the context's state now, before any error is fixed.
+func (c *cappedContext) observe() error {
 	if t := c.timed.Load(); t != nil {
 		return t.ctx.Err()
-	}
-	if c.released.Load() {
-		return context.Canceled
 	}
 	if err := c.Context.Err(); err != nil {
 		return err
@@ -78,8 +96,8 @@ func (c *cappedContext) Err() error {
 	return nil
 }
 
-// Value asks the timer context, once there is one, so that context.Cause
-// and contexts derived from this one see it as their parent.
+// Value asks the timer context, once there is one, so that contexts derived
+// from this one find it as their parent's cancel context.
 func (c *cappedContext) Value(key any) any {
 	if t := c.timed.Load(); t != nil {
 		return t.ctx.Value(key)
@@ -89,10 +107,18 @@ func (c *cappedContext) Value(key any) any {
 
 func (c *cappedContext) String() string { return "rpc.capDeadline" }
 
-// release ends the context when the call ends, stopping the timer if Done
-// made one.
+// release ends the context when the call ends, as a context.WithTimeout's
+// cancel does: its error becomes Canceled unless it had ended already, and
+// the timer stops if Done made one.
 func (c *cappedContext) release() {
-	c.released.Store(true)
+	c.mu.Lock()
+	if c.err == nil {
+		if c.err = c.observe(); c.err == nil {
+			c.err = context.Canceled
+		}
+	}
+	c.released = true
+	c.mu.Unlock()
 	if t := c.timed.Load(); t != nil {
 		t.cancel()
 	}

@@ -149,3 +149,51 @@ func TestGuardAllocations(t *testing.T) {
 		t.Errorf("the deadline cap allocates %v times per call, want at most 1", n)
 	}
 }
+
+// TestCapDeadlineErrStays checks the Context contract that once Err has
+// reported an error it keeps reporting that one, whatever happens after:
+// the parent canceled, the call released, or Done asked for late.
+func TestCapDeadlineErrStays(t *testing.T) {
+	past := func(t *testing.T) (*cappedContext, context.CancelFunc) {
+		t.Helper()
+		parent, cancel := context.WithCancel(context.Background())
+		c := capDeadline(parent, time.Millisecond)
+		time.Sleep(2 * time.Millisecond)
+		if err := c.Err(); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Err() past the deadline = %v", err)
+		}
+		return c, cancel
+	}
+	t.Run("parent canceled after the deadline", func(t *testing.T) {
+		c, cancel := past(t)
+		defer c.release()
+		cancel()
+		if err := c.Err(); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Err() = %v, want DeadlineExceeded still", err)
+		}
+	})
+	t.Run("released after the deadline", func(t *testing.T) {
+		c, cancel := past(t)
+		defer cancel()
+		c.release()
+		if err := c.Err(); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Err() = %v, want DeadlineExceeded still", err)
+		}
+	})
+	t.Run("Done asked after release", func(t *testing.T) {
+		c := capDeadline(context.Background(), time.Millisecond)
+		c.release()
+		if err := c.Err(); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Err() after release = %v, want Canceled", err)
+		}
+		time.Sleep(2 * time.Millisecond) // past the deadline too
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("Done not closed after release")
+		}
+		if err := c.Err(); !errors.Is(err, context.Canceled) {
+			t.Errorf("Err() = %v, want Canceled still", err)
+		}
+	})
+}
