@@ -30,25 +30,34 @@ type lookupCache struct {
 	mu    sync.RWMutex
 	max   int
 	epoch uint64
-	m     map[secret.Hash]token.Token
-	// order holds the hashes in the order they were filled, as a ring:
-	// when the cache is full, a fill evicts the oldest fill's entry (if it
-	// is still there) and takes its place. That is O(1); picking an
-	// arbitrary victim by starting a map iteration was a measurable share
-	// of every miss.
+	m     map[secret.Hash]cacheEntry
+	// order is a ring of slots, one per entry, in about the order they
+	// were filled: when the cache is full, a fill evicts the entry in the
+	// slot after the last one it took, and takes that slot. That is O(1);
+	// picking an arbitrary victim by starting a map iteration was a
+	// measurable share of every miss. A slot is either the slot of the
+	// entry whose hash it holds, or, after a drop, in free, to be taken by
+	// the next fill before anything is evicted.
 	order []secret.Hash
+	free  []int
 	next  int
 }
 
+// cacheEntry is a cached token and its slot in the ring.
+type cacheEntry struct {
+	t    token.Token
+	slot int
+}
+
 func newLookupCache(max int) *lookupCache {
-	return &lookupCache{max: max, m: make(map[secret.Hash]token.Token)}
+	return &lookupCache{max: max, m: make(map[secret.Hash]cacheEntry)}
 }
 
 func (c *lookupCache) get(h secret.Hash) (token.Token, bool, uint64) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	t, ok := c.m[h]
-	return t, ok, c.epoch
+	e, ok := c.m[h]
+	return e.t, ok, c.epoch
 }
 
 func (c *lookupCache) fill(h secret.Hash, t token.Token, epoch uint64) {
@@ -60,19 +69,25 @@ func (c *lookupCache) fill(h secret.Hash, t token.Token, epoch uint64) {
 	if c.epoch != epoch {
 		return
 	}
-	if _, ok := c.m[h]; ok {
-		c.m[h] = t
+	if e, ok := c.m[h]; ok {
+		c.m[h] = cacheEntry{t: t, slot: e.slot}
 		return
 	}
-	// Every key in m has a slot in order, so m never holds more than max.
-	if len(c.order) < c.max {
-		c.order = append(c.order, h)
-	} else {
-		delete(c.m, c.order[c.next])
-		c.order[c.next] = h
+	var slot int
+	switch {
+	case len(c.free) > 0:
+		slot = c.free[len(c.free)-1]
+		c.free = c.free[:len(c.free)-1]
+	case len(c.order) < c.max:
+		slot = len(c.order)
+		c.order = append(c.order, secret.Hash{})
+	default: // full: every slot belongs to a live entry
+		slot = c.next
 		c.next = (c.next + 1) % c.max
+		delete(c.m, c.order[slot])
 	}
-	c.m[h] = t
+	c.order[slot] = h
+	c.m[h] = cacheEntry{t: t, slot: slot}
 }
 
 // drop forgets the tokens with these hashes.
@@ -81,7 +96,10 @@ func (c *lookupCache) drop(hs ...secret.Hash) {
 	defer c.mu.Unlock()
 	c.epoch++
 	for _, h := range hs {
-		delete(c.m, h)
+		if e, ok := c.m[h]; ok {
+			delete(c.m, h)
+			c.free = append(c.free, e.slot)
+		}
 	}
 }
 
@@ -97,8 +115,8 @@ func (c *lookupCache) refresh(ts []token.Token) {
 			if h == zero {
 				continue
 			}
-			if _, ok := c.m[h]; ok {
-				c.m[h] = t
+			if e, ok := c.m[h]; ok {
+				c.m[h] = cacheEntry{t: t, slot: e.slot}
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"errors"
+	"maps"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -169,10 +170,10 @@ func TestLookupCacheRevokeRacesFlush(t *testing.T) {
 	}
 }
 
-// TestLookupCacheEvictsOldest checks the cache's bound and eviction order
-// over a random mix of fills, refills and drops: it never holds more than
-// max entries, the latest fill is always there, and a full cache evicts
-// the entry filled longest ago.
+// TestLookupCacheEvictsOldest checks the cache's bound and eviction over
+// a random mix of fills, refills and drops: it never holds more than max
+// entries, never evicts while it holds fewer, the latest fill is always
+// there, and a full cache evicts its oldest fill.
 func TestLookupCacheEvictsOldest(t *testing.T) {
 	const max = 8
 	c := newLookupCache(max)
@@ -183,9 +184,24 @@ func TestLookupCacheEvictsOldest(t *testing.T) {
 	if _, ok := c.m[hash(0)]; ok || len(c.m) != max {
 		t.Errorf("after %d fills into %d: %d entries, oldest still cached: %v", max+1, max, len(c.m), ok)
 	}
+	// A drop frees a slot: the refill after it evicts nothing, and the
+	// next fill evicts the oldest, not the refilled entry.
+	c.drop(hash(3))
+	c.fill(hash(3), token.Token{ID: 3}, c.epoch)
+	if len(c.m) != max {
+		t.Errorf("a refill after a drop left %d entries, want %d", len(c.m), max)
+	}
+	c.fill(hash(100), token.Token{ID: 100}, c.epoch)
+	if _, ok := c.m[hash(1)]; ok {
+		t.Error("a full cache kept its oldest fill")
+	}
+	if _, ok := c.m[hash(3)]; !ok {
+		t.Error("a full cache evicted a fresh refill")
+	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	for step := range 10_000 {
 		h := hash(rng.IntN(3 * max))
+		before := maps.Clone(c.m)
 		switch rng.IntN(3) {
 		case 0:
 			c.drop(h)
@@ -194,12 +210,24 @@ func TestLookupCacheEvictsOldest(t *testing.T) {
 			}
 		default:
 			c.fill(h, token.Token{ID: uint64(step)}, c.epoch)
-			if got, ok := c.m[h]; !ok || got.ID != uint64(step) {
-				t.Fatalf("step %d: the entry just filled is %v, %v", step, got.ID, ok)
+			if got, ok := c.m[h]; !ok || got.t.ID != uint64(step) {
+				t.Fatalf("step %d: the entry just filled is %v, %v", step, got.t.ID, ok)
+			}
+			if _, had := before[h]; len(before) < max || had {
+				for k := range before {
+					if _, ok := c.m[k]; !ok {
+						t.Fatalf("step %d: a fill into a cache of %d/%d entries evicted one", step, len(before), max)
+					}
+				}
 			}
 		}
 		if len(c.m) > max {
 			t.Fatalf("step %d: %d entries, max %d", step, len(c.m), max)
+		}
+		for k, e := range c.m {
+			if c.order[e.slot] != k {
+				t.Fatalf("step %d: entry's slot %d holds another hash", step, e.slot)
+			}
 		}
 	}
 }
