@@ -226,6 +226,21 @@ func migrate(tx *bolt.Tx, from byte) error {
 	return nil
 }
 
+// view runs fn in a read transaction. As with update, an error fn returns
+// comes back as it is, and a failure to begin the transaction (the file
+// closed or unreadable) is ErrUnavailable wrapping the cause.
+func (s *Store) view(fn func(*bolt.Tx) error) error {
+	var fnErr error
+	err := s.db.View(func(tx *bolt.Tx) error {
+		fnErr = fn(tx)
+		return fnErr
+	})
+	if err != nil && fnErr == nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return err
+}
+
 // update runs fn in a write transaction, the one way this package writes.
 // An error fn returns comes back as it is, so domain errors stay domain
 // errors. Any other failure happened beginning or committing the
@@ -364,7 +379,7 @@ func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay,
 		// writes. The write transaction below looks again, for a retry
 		// racing its original.
 		var orig token.Token
-		err := s.db.View(func(tx *bolt.Tx) (err error) {
+		err := s.view(func(tx *bolt.Tx) (err error) {
 			orig, replay, err = replayOf(tx, idem, t.UserID, opts.Now)
 			return err
 		})
