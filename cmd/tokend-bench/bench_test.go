@@ -174,7 +174,7 @@ func TestParseConfig(t *testing.T) {
 	if cfg.Rounds != 1 || cfg.Tokens != 2000 || cfg.Scale[1] != 2000 {
 		t.Errorf("quick: %+v", cfg)
 	}
-	for _, args := range [][]string{{"-clients", "1,x"}, {"-clients", "0"}, {"-rounds", "0"}, {"-scale", "-5"}, {"extra"}} {
+	for _, args := range [][]string{{"-clients", "1,x"}, {"-clients", "0"}, {"-rounds", "0"}, {"-scale", "-5"}, {"extra"}, {"-cpuprofile", "500ms"}, {"-cpuprofile", "1500ms"}, {"-cpuprofile", "-1s"}} {
 		if _, err := parseConfig(args, &stderr); err == nil {
 			t.Errorf("%q: accepted", args)
 		}

@@ -119,8 +119,11 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	switch {
 	case cfg.Rounds < 1 || cfg.ScaleRounds < 1:
 		return cfg, errors.New("-rounds and -scale-rounds must be at least 1")
-	case cfg.Duration <= 0 || cfg.Warmup < 0 || cfg.CPUProfile < 0:
-		return cfg, errors.New("-duration must be positive, and -warmup and -cpuprofile not negative")
+	case cfg.Duration <= 0 || cfg.Warmup < 0:
+		return cfg, errors.New("-duration must be positive and -warmup not negative")
+	case cfg.CPUProfile != 0 && (cfg.CPUProfile < time.Second || cfg.CPUProfile%time.Second != 0):
+		// pprof profiles whole seconds; the load must cover the profile.
+		return cfg, errors.New("-cpuprofile must be whole seconds, such as 8s")
 	case cfg.Tokens < 1 || cfg.Users < 1:
 		return cfg, errors.New("-tokens and -users must be at least 1")
 	}

@@ -345,9 +345,10 @@ func saveHeapProfile(ctx context.Context, debugAddr, path string) error {
 	return saveProfile(ctx, debugAddr, "/debug/pprof/heap?gc=1", 30*time.Second, path)
 }
 
-// saveCPUProfile writes a CPU profile of tokend over the next d to path.
+// saveCPUProfile writes a CPU profile of tokend over the next d, whole
+// seconds, to path.
 func saveCPUProfile(ctx context.Context, debugAddr string, d time.Duration, path string) error {
-	secs := max(1, int(d.Round(time.Second)/time.Second))
+	secs := int(d / time.Second)
 	return saveProfile(ctx, debugAddr, "/debug/pprof/profile?seconds="+strconv.Itoa(secs), d+30*time.Second, path)
 }
 
