@@ -805,3 +805,21 @@ func TestCLIWithoutServerAppliesEnvLimits(t *testing.T) {
 		t.Errorf("a bad TOKEND_MAX_TOKENS_PER_USER: %v, want a usage error", err)
 	}
 }
+
+// TestCLIDatabaseNameStartingWithAt runs a server on a relative database
+// path that starts with "@", which Linux would take, as a socket address,
+// for an abstract socket (no file, no file mode): the admin socket is a
+// real, owner-only file beside the database, and the token commands reach
+// the server through it.
+func TestCLIDatabaseNameStartingWithAt(t *testing.T) {
+	t.Chdir(t.TempDir())
+	s := startServer(t, "@at.db")
+	fi, err := os.Stat("@at.db.sock")
+	if err != nil || fi.Mode().Type() != fs.ModeSocket || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin socket beside @at.db: %v, %v", fi, err)
+	}
+	tok := createToken(t, s.db, "alice", "at")
+	if code, _ := cliGetSelf(t, s, tok.ID, tok.Secret); code != http.StatusOK {
+		t.Errorf("a token created through the socket: status %d", code)
+	}
+}

@@ -583,5 +583,13 @@ func debugHandler() http.Handler {
 	return mux
 }
 
-// socketPath is where the admin socket of the database at db lives.
-func socketPath(db string) string { return db + ".sock" }
+// socketPath is where the admin socket of the database at db lives. A
+// relative path is anchored at "./" if it starts with "@", which Linux
+// would otherwise take as the name of an abstract socket: one with no file,
+// so no file mode to restrict it.
+func socketPath(db string) string {
+	if strings.HasPrefix(db, "@") {
+		db = "./" + db
+	}
+	return db + ".sock"
+}
