@@ -88,58 +88,25 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	var proxies stringList
 	fs.Var(&proxies, "trusted-proxy", "CIDR of a proxy whose X-Forwarded-For is believed; repeatable (env TOKEND_TRUSTED_PROXIES, comma-separated)")
 	fs.StringVar(&cfg.LogFormat, "log-format", envOr(getenv, "TOKEND_LOG_FORMAT", "json"), "log format: json or text (env TOKEND_LOG_FORMAT)")
-	shutdown := envOr(getenv, "TOKEND_SHUTDOWN_TIMEOUT", "10s")
-	fs.Func("shutdown-timeout", "how long to drain in-flight requests on SIGTERM (env TOKEND_SHUTDOWN_TIMEOUT, default 10s)", func(v string) error {
-		shutdown = v
-		return nil
-	})
-	def := service.DefaultLimits()
-	maxLifetime := envOr(getenv, "TOKEND_MAX_TOKEN_LIFETIME", def.MaxLifetime.String())
-	fs.Func("max-token-lifetime", "longest lifetime a token may be created with, 0 for no bound (env TOKEND_MAX_TOKEN_LIFETIME, default "+def.MaxLifetime.String()+")", func(v string) error {
-		maxLifetime = v
-		return nil
-	})
-	maxGrace := envOr(getenv, "TOKEND_MAX_ROTATION_GRACE", def.MaxRotationGrace.String())
-	fs.Func("max-rotation-grace", "longest a rotated-out secret may keep working (env TOKEND_MAX_ROTATION_GRACE, default "+def.MaxRotationGrace.String()+")", func(v string) error {
-		maxGrace = v
-		return nil
-	})
-	maxLive := envOr(getenv, "TOKEND_MAX_TOKENS_PER_USER", strconv.Itoa(def.MaxLivePerUser))
-	fs.Func("max-tokens-per-user", "most active tokens one user may hold, 0 for no bound (env TOKEND_MAX_TOKENS_PER_USER, default "+strconv.Itoa(def.MaxLivePerUser)+")", func(v string) error {
-		maxLive = v
-		return nil
-	})
-	maxBody := envOr(getenv, "TOKEND_MAX_BODY_BYTES", strconv.Itoa(gateway.DefaultMaxBodyBytes))
-	fs.Func("max-body-bytes", "largest REST request body accepted (env TOKEND_MAX_BODY_BYTES, default "+strconv.Itoa(gateway.DefaultMaxBodyBytes)+")", func(v string) error {
-		maxBody = v
-		return nil
-	})
+	shutdown := rawFlag(fs, getenv, "shutdown-timeout", "TOKEND_SHUTDOWN_TIMEOUT", "10s",
+		"how long to drain in-flight requests on SIGTERM")
+	limits := limitFlags(fs, getenv)
+	maxBody := rawFlag(fs, getenv, "max-body-bytes", "TOKEND_MAX_BODY_BYTES", strconv.Itoa(gateway.DefaultMaxBodyBytes),
+		"largest REST request body accepted")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", envOr(getenv, "TOKEND_METRICS_ADDR", ""), "if set, serve Prometheus metrics at /metrics on this address, such as 127.0.0.1:9464; never on the public port (env TOKEND_METRICS_ADDR)")
 	fs.StringVar(&cfg.Tracing.Endpoint, "otlp-endpoint", envOr(getenv, "TOKEND_OTLP_ENDPOINT", envOr(getenv, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", getenv("OTEL_EXPORTER_OTLP_ENDPOINT"))),
 		"if set, export traces to this OTLP collector URL, such as http://127.0.0.1:4317; tracing is off otherwise (env TOKEND_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT)")
 	fs.StringVar(&cfg.Tracing.Protocol, "otlp-protocol", envOr(getenv, "TOKEND_OTLP_PROTOCOL", envOr(getenv, "OTEL_EXPORTER_OTLP_PROTOCOL", telemetry.ProtocolGRPC)),
 		"OTLP transport: grpc or http/protobuf (env TOKEND_OTLP_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL)")
-	sampleRatio := envOr(getenv, "TOKEND_TRACE_SAMPLE_RATIO", "1")
-	fs.Func("trace-sample-ratio", "fraction of requests traced when tracing is on, 0 to 1; a client's sampled flag is not obeyed (env TOKEND_TRACE_SAMPLE_RATIO, default 1)", func(v string) error {
-		sampleRatio = v
-		return nil
-	})
+	sampleRatio := rawFlag(fs, getenv, "trace-sample-ratio", "TOKEND_TRACE_SAMPLE_RATIO", "1",
+		"fraction of requests traced when tracing is on, 0 to 1; a client's sampled flag is not obeyed")
 	grpcDef := rpc.DefaultServerLimits()
-	grpcRecv := envOr(getenv, "TOKEND_GRPC_MAX_RECV_BYTES", strconv.Itoa(grpcDef.MaxRecvMsgBytes))
-	fs.Func("grpc-max-recv-bytes", "largest gRPC request message; larger gets ResourceExhausted (env TOKEND_GRPC_MAX_RECV_BYTES, default "+strconv.Itoa(grpcDef.MaxRecvMsgBytes)+")", func(v string) error {
-		grpcRecv = v
-		return nil
-	})
-	grpcStreams := envOr(getenv, "TOKEND_GRPC_MAX_STREAMS", strconv.Itoa(int(grpcDef.MaxConcurrentStreams)))
-	fs.Func("grpc-max-streams", "most concurrent calls on one gRPC connection (env TOKEND_GRPC_MAX_STREAMS, default "+strconv.Itoa(int(grpcDef.MaxConcurrentStreams))+")", func(v string) error {
-		grpcStreams = v
-		return nil
-	})
-	grpcCall := envOr(getenv, "TOKEND_MAX_CALL_DURATION", grpcDef.MaxCallDuration.String())
-	fs.Func("max-call-duration", "longest any call may run, over gRPC or REST, whatever deadline the client asks for; beyond it DeadlineExceeded / 504 (env TOKEND_MAX_CALL_DURATION, default "+grpcDef.MaxCallDuration.String()+")", func(v string) error {
-		grpcCall = v
-		return nil
-	})
+	grpcRecv := rawFlag(fs, getenv, "grpc-max-recv-bytes", "TOKEND_GRPC_MAX_RECV_BYTES", strconv.Itoa(grpcDef.MaxRecvMsgBytes),
+		"largest gRPC request message; larger gets ResourceExhausted")
+	grpcStreams := rawFlag(fs, getenv, "grpc-max-streams", "TOKEND_GRPC_MAX_STREAMS", strconv.Itoa(int(grpcDef.MaxConcurrentStreams)),
+		"most concurrent calls on one gRPC connection")
+	grpcCall := rawFlag(fs, getenv, "max-call-duration", "TOKEND_MAX_CALL_DURATION", grpcDef.MaxCallDuration.String(),
+		"longest any call may run, over gRPC or REST, whatever deadline the client asks for; beyond it DeadlineExceeded / 504")
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", envOr(getenv, "TOKEND_DEBUG_ADDR", ""), "if set, serve expvar and pprof on this address; keep it on loopback (env TOKEND_DEBUG_ADDR)")
 	durations := []struct {
 		flag, env, def, help string
@@ -150,39 +117,20 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		{"http-write-timeout", "TOKEND_HTTP_WRITE_TIMEOUT", "30s", "how long writing a response may take", &cfg.HTTP.WriteTimeout},
 		{"http-idle-timeout", "TOKEND_HTTP_IDLE_TIMEOUT", "2m", "how long an idle keep-alive connection stays open", &cfg.HTTP.IdleTimeout},
 	}
-	raw := make([]string, len(durations))
+	raw := make([]*string, len(durations))
 	for i, d := range durations {
-		raw[i] = envOr(getenv, d.env, d.def)
-		fs.Func(d.flag, d.help+" (env "+d.env+", default "+d.def+")", func(v string) error {
-			raw[i] = v
-			return nil
-		})
+		raw[i] = rawFlag(fs, getenv, d.flag, d.env, d.def, d.help)
 	}
-	maxHeader := envOr(getenv, "TOKEND_HTTP_MAX_HEADER_BYTES", "32768")
-	fs.Func("http-max-header-bytes", "largest request header block; larger gets 431 (env TOKEND_HTTP_MAX_HEADER_BYTES, default 32768)", func(v string) error {
-		maxHeader = v
-		return nil
-	})
-	failLimit := envOr(getenv, "TOKEND_AUTH_FAILURE_LIMIT", "20")
-	fs.Func("auth-failure-limit", "failed authentications one client address may make per window before it gets 429; 0 turns throttling off (env TOKEND_AUTH_FAILURE_LIMIT, default 20)", func(v string) error {
-		failLimit = v
-		return nil
-	})
-	failWindow := envOr(getenv, "TOKEND_AUTH_FAILURE_WINDOW", "1m")
-	fs.Func("auth-failure-window", "the window of --auth-failure-limit (env TOKEND_AUTH_FAILURE_WINDOW, default 1m)", func(v string) error {
-		failWindow = v
-		return nil
-	})
-	cacheEntries := envOr(getenv, "TOKEND_CACHE_ENTRIES", strconv.Itoa(store.DefaultCacheEntries))
-	fs.Func("cache-entries", "most recently authenticated tokens kept in memory, about 500 bytes each; 0 turns the cache off (env TOKEND_CACHE_ENTRIES, default "+strconv.Itoa(store.DefaultCacheEntries)+")", func(v string) error {
-		cacheEntries = v
-		return nil
-	})
-	flush := envOr(getenv, "TOKEND_USAGE_FLUSH_INTERVAL", "1s")
-	fs.Func("usage-flush-interval", "how often usage counts are written to disk, at most 1m; a crash loses about this much of them (env TOKEND_USAGE_FLUSH_INTERVAL, default 1s)", func(v string) error {
-		flush = v
-		return nil
-	})
+	maxHeader := rawFlag(fs, getenv, "http-max-header-bytes", "TOKEND_HTTP_MAX_HEADER_BYTES", "32768",
+		"largest request header block; larger gets 431")
+	failLimit := rawFlag(fs, getenv, "auth-failure-limit", "TOKEND_AUTH_FAILURE_LIMIT", "20",
+		"failed authentications one client address may make per window before it gets 429; 0 turns throttling off")
+	failWindow := rawFlag(fs, getenv, "auth-failure-window", "TOKEND_AUTH_FAILURE_WINDOW", "1m",
+		"the window of --auth-failure-limit")
+	cacheEntries := rawFlag(fs, getenv, "cache-entries", "TOKEND_CACHE_ENTRIES", strconv.Itoa(store.DefaultCacheEntries),
+		"most recently authenticated tokens kept in memory, about 500 bytes each; 0 turns the cache off")
+	flush := rawFlag(fs, getenv, "usage-flush-interval", "TOKEND_USAGE_FLUSH_INTERVAL", "1s",
+		"how often usage counts are written to disk, at most 1m; a crash loses about this much of them")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return cfg, err
@@ -191,12 +139,12 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		return cfg, fmt.Errorf("%w: serve takes no arguments, got %q", errUsage, pos[0])
 	}
 	for i, d := range durations {
-		if *d.dst, err = time.ParseDuration(raw[i]); err != nil || *d.dst <= 0 {
-			return cfg, fmt.Errorf("%w: --%s must be a positive duration, got %q", errUsage, d.flag, raw[i])
+		if *d.dst, err = time.ParseDuration(*raw[i]); err != nil || *d.dst <= 0 {
+			return cfg, fmt.Errorf("%w: --%s must be a positive duration, got %q", errUsage, d.flag, *raw[i])
 		}
 	}
-	if cfg.Tracing.SampleRatio, err = strconv.ParseFloat(sampleRatio, 64); err != nil {
-		return cfg, fmt.Errorf("%w: --trace-sample-ratio must be a number from 0 to 1, got %q", errUsage, sampleRatio)
+	if cfg.Tracing.SampleRatio, err = strconv.ParseFloat(*sampleRatio, 64); err != nil {
+		return cfg, fmt.Errorf("%w: --trace-sample-ratio must be a number from 0 to 1, got %q", errUsage, *sampleRatio)
 	}
 	if err := cfg.Tracing.Validate(); err != nil {
 		var ce *telemetry.ConfigError
@@ -206,40 +154,40 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		}
 		return cfg, fmt.Errorf("%w: %v", errUsage, err)
 	}
-	if cfg.GRPC.MaxRecvMsgBytes, err = strconv.Atoi(grpcRecv); err != nil || cfg.GRPC.MaxRecvMsgBytes < 4096 {
-		return cfg, fmt.Errorf("%w: --grpc-max-recv-bytes must be a whole number of at least 4096, got %q", errUsage, grpcRecv)
+	if cfg.GRPC.MaxRecvMsgBytes, err = strconv.Atoi(*grpcRecv); err != nil || cfg.GRPC.MaxRecvMsgBytes < 4096 {
+		return cfg, fmt.Errorf("%w: --grpc-max-recv-bytes must be a whole number of at least 4096, got %q", errUsage, *grpcRecv)
 	}
-	streams, err := strconv.ParseUint(grpcStreams, 10, 32)
+	streams, err := strconv.ParseUint(*grpcStreams, 10, 32)
 	if err != nil || streams == 0 {
-		return cfg, fmt.Errorf("%w: --grpc-max-streams must be a positive whole number, got %q", errUsage, grpcStreams)
+		return cfg, fmt.Errorf("%w: --grpc-max-streams must be a positive whole number, got %q", errUsage, *grpcStreams)
 	}
 	cfg.GRPC.MaxConcurrentStreams = uint32(streams)
-	if cfg.GRPC.MaxCallDuration, err = time.ParseDuration(grpcCall); err != nil || cfg.GRPC.MaxCallDuration <= 0 {
-		return cfg, fmt.Errorf("%w: --max-call-duration must be a positive duration such as 10s, got %q", errUsage, grpcCall)
+	if cfg.GRPC.MaxCallDuration, err = time.ParseDuration(*grpcCall); err != nil || cfg.GRPC.MaxCallDuration <= 0 {
+		return cfg, fmt.Errorf("%w: --max-call-duration must be a positive duration such as 10s, got %q", errUsage, *grpcCall)
 	}
-	if cfg.HTTP.MaxHeaderBytes, err = strconv.Atoi(maxHeader); err != nil || cfg.HTTP.MaxHeaderBytes < 4096 {
-		return cfg, fmt.Errorf("%w: --http-max-header-bytes must be a whole number of at least 4096, got %q", errUsage, maxHeader)
+	if cfg.HTTP.MaxHeaderBytes, err = strconv.Atoi(*maxHeader); err != nil || cfg.HTTP.MaxHeaderBytes < 4096 {
+		return cfg, fmt.Errorf("%w: --http-max-header-bytes must be a whole number of at least 4096, got %q", errUsage, *maxHeader)
 	}
-	if cfg.AuthFailureLimit, err = strconv.Atoi(failLimit); err != nil || cfg.AuthFailureLimit < 0 {
-		return cfg, fmt.Errorf("%w: --auth-failure-limit must be a whole number, got %q", errUsage, failLimit)
+	if cfg.AuthFailureLimit, err = strconv.Atoi(*failLimit); err != nil || cfg.AuthFailureLimit < 0 {
+		return cfg, fmt.Errorf("%w: --auth-failure-limit must be a whole number, got %q", errUsage, *failLimit)
 	}
-	if cfg.AuthFailureWindow, err = time.ParseDuration(failWindow); err != nil || cfg.AuthFailureWindow <= 0 {
-		return cfg, fmt.Errorf("%w: --auth-failure-window must be a positive duration, got %q", errUsage, failWindow)
+	if cfg.AuthFailureWindow, err = time.ParseDuration(*failWindow); err != nil || cfg.AuthFailureWindow <= 0 {
+		return cfg, fmt.Errorf("%w: --auth-failure-window must be a positive duration, got %q", errUsage, *failWindow)
 	}
-	if cfg.CacheEntries, err = strconv.Atoi(cacheEntries); err != nil || cfg.CacheEntries < 0 {
-		return cfg, fmt.Errorf("%w: --cache-entries must be a whole number, got %q", errUsage, cacheEntries)
+	if cfg.CacheEntries, err = strconv.Atoi(*cacheEntries); err != nil || cfg.CacheEntries < 0 {
+		return cfg, fmt.Errorf("%w: --cache-entries must be a whole number, got %q", errUsage, *cacheEntries)
 	}
 	if cfg.CacheEntries == 0 {
 		cfg.CacheEntries = -1 // store.Options: negative disables
 	}
-	if cfg.FlushInterval, err = time.ParseDuration(flush); err != nil || cfg.FlushInterval < time.Millisecond || cfg.FlushInterval > time.Minute {
-		return cfg, fmt.Errorf("%w: --usage-flush-interval must be a duration from 1ms to 1m, got %q", errUsage, flush)
+	if cfg.FlushInterval, err = time.ParseDuration(*flush); err != nil || cfg.FlushInterval < time.Millisecond || cfg.FlushInterval > time.Minute {
+		return cfg, fmt.Errorf("%w: --usage-flush-interval must be a duration from 1ms to 1m, got %q", errUsage, *flush)
 	}
-	if cfg.Limits, err = parseLimits(maxLifetime, maxGrace, maxLive); err != nil {
+	if cfg.Limits, err = limits(); err != nil {
 		return cfg, err
 	}
-	if cfg.MaxBodyBytes, err = strconv.ParseInt(maxBody, 10, 64); err != nil || cfg.MaxBodyBytes < 1024 {
-		return cfg, fmt.Errorf("%w: --max-body-bytes must be a whole number of at least 1024, got %q", errUsage, maxBody)
+	if cfg.MaxBodyBytes, err = strconv.ParseInt(*maxBody, 10, 64); err != nil || cfg.MaxBodyBytes < 1024 {
+		return cfg, fmt.Errorf("%w: --max-body-bytes must be a whole number of at least 1024, got %q", errUsage, *maxBody)
 	}
 	if len(proxies) == 0 {
 		if env := getenv("TOKEND_TRUSTED_PROXIES"); env != "" {
@@ -259,9 +207,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	if cfg.LogFormat != "json" && cfg.LogFormat != "text" {
 		return cfg, fmt.Errorf("%w: --log-format must be json or text, got %q", errUsage, cfg.LogFormat)
 	}
-	cfg.ShutdownTimeout, err = time.ParseDuration(shutdown)
+	cfg.ShutdownTimeout, err = time.ParseDuration(*shutdown)
 	if err != nil || cfg.ShutdownTimeout <= 0 {
-		return cfg, fmt.Errorf("%w: --shutdown-timeout must be a positive duration such as 10s, got %q", errUsage, shutdown)
+		return cfg, fmt.Errorf("%w: --shutdown-timeout must be a positive duration such as 10s, got %q", errUsage, *shutdown)
 	}
 	if err := checkSocketPath(socketPath(cfg.DB)); err != nil {
 		return cfg, fmt.Errorf("%w: --db: %w", errUsage, err)
@@ -269,33 +217,49 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	return cfg, nil
 }
 
-// parseLimits reads the limits on what users may ask for, as the flags
-// --max-token-lifetime, --max-rotation-grace and --max-tokens-per-user (or
-// their environment variables) spell them.
-func parseLimits(lifetime, grace, live string) (service.Limits, error) {
-	var l service.Limits
-	var err error
-	if l.MaxLifetime, err = time.ParseDuration(lifetime); err != nil || l.MaxLifetime < 0 {
-		return l, fmt.Errorf("%w: --max-token-lifetime must be a duration such as 8760h, got %q", errUsage, lifetime)
+// rawFlag defines the flag name on fs and returns its raw value, which the
+// caller checks once the flags are parsed: the flag's, else the
+// environment variable env's, else def. The help text names both.
+func rawFlag(fs *flag.FlagSet, getenv func(string) string, name, env, def, help string) *string {
+	v := envOr(getenv, env, def)
+	fs.Func(name, help+" (env "+env+", default "+def+")", func(s string) error {
+		v = s
+		return nil
+	})
+	return &v
+}
+
+// limitFlags defines the flags of the limits on what users may ask for,
+// and returns what reads them once the flags are parsed.
+func limitFlags(fs *flag.FlagSet, getenv func(string) string) func() (service.Limits, error) {
+	def := service.DefaultLimits()
+	lifetime := rawFlag(fs, getenv, "max-token-lifetime", "TOKEND_MAX_TOKEN_LIFETIME", def.MaxLifetime.String(),
+		"longest lifetime a token may be created with, 0 for no bound")
+	grace := rawFlag(fs, getenv, "max-rotation-grace", "TOKEND_MAX_ROTATION_GRACE", def.MaxRotationGrace.String(),
+		"longest a rotated-out secret may keep working")
+	live := rawFlag(fs, getenv, "max-tokens-per-user", "TOKEND_MAX_TOKENS_PER_USER", strconv.Itoa(def.MaxLivePerUser),
+		"most active tokens one user may hold, 0 for no bound")
+	return func() (service.Limits, error) {
+		var l service.Limits
+		var err error
+		if l.MaxLifetime, err = time.ParseDuration(*lifetime); err != nil || l.MaxLifetime < 0 {
+			return l, fmt.Errorf("%w: --max-token-lifetime must be a duration such as 8760h, got %q", errUsage, *lifetime)
+		}
+		if l.MaxRotationGrace, err = time.ParseDuration(*grace); err != nil || l.MaxRotationGrace < 0 {
+			return l, fmt.Errorf("%w: --max-rotation-grace must be a duration such as 1h, got %q", errUsage, *grace)
+		}
+		if l.MaxLivePerUser, err = strconv.Atoi(*live); err != nil || l.MaxLivePerUser < 0 {
+			return l, fmt.Errorf("%w: --max-tokens-per-user must be a whole number, got %q", errUsage, *live)
+		}
+		return l, nil
 	}
-	if l.MaxRotationGrace, err = time.ParseDuration(grace); err != nil || l.MaxRotationGrace < 0 {
-		return l, fmt.Errorf("%w: --max-rotation-grace must be a duration such as 1h, got %q", errUsage, grace)
-	}
-	if l.MaxLivePerUser, err = strconv.Atoi(live); err != nil || l.MaxLivePerUser < 0 {
-		return l, fmt.Errorf("%w: --max-tokens-per-user must be a whole number, got %q", errUsage, live)
-	}
-	return l, nil
 }
 
 // envLimits are the limits the environment sets, or the defaults: what the
 // token commands apply when they open the database themselves, so that
 // they refuse what a server started with the same environment would.
 func envLimits(getenv func(string) string) (service.Limits, error) {
-	def := service.DefaultLimits()
-	return parseLimits(
-		envOr(getenv, "TOKEND_MAX_TOKEN_LIFETIME", def.MaxLifetime.String()),
-		envOr(getenv, "TOKEND_MAX_ROTATION_GRACE", def.MaxRotationGrace.String()),
-		envOr(getenv, "TOKEND_MAX_TOKENS_PER_USER", strconv.Itoa(def.MaxLivePerUser)))
+	return limitFlags(flag.NewFlagSet("limits", flag.ContinueOnError), getenv)()
 }
 
 func newLogger(format string, w io.Writer) *slog.Logger {
