@@ -10,6 +10,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tokend/tokend/service/auth"
@@ -88,14 +89,12 @@ func toStatus(err error) *status.Status {
 	case errors.Is(err, auth.ErrInvalidToken):
 		return newStatus(codes.Unauthenticated, ReasonInvalidToken, msgInvalidToken)
 	case errors.Is(err, auth.ErrThrottled):
-		st := newStatus(codes.ResourceExhausted, ReasonThrottled, "Too many failed authentications from this address; retry later")
+		var details []protoadapt.MessageV1
 		var te *auth.ThrottledError
 		if errors.As(err, &te) {
-			if withRetry, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(te.RetryAfter)}); err == nil {
-				st = withRetry
-			}
+			details = append(details, retryInfo(te.RetryAfter))
 		}
-		return st
+		return newStatus(codes.ResourceExhausted, ReasonThrottled, "Too many failed authentications from this address; retry later", details...)
 	case errors.Is(err, token.ErrNotFound):
 		return newStatus(codes.NotFound, ReasonNotFound, msgTokenNotFound)
 	case errors.Is(err, token.ErrUserNotFound):
@@ -103,28 +102,22 @@ func toStatus(err error) *status.Status {
 	case errors.Is(err, token.ErrInvalid):
 		// Validation errors are written for the caller: their text says
 		// which rule the input broke, and nothing internal.
-		st := newStatus(codes.InvalidArgument, ReasonInvalidArgument, token.Detail(err))
+		var details []protoadapt.MessageV1
 		var ve *token.ValidationError
 		if errors.As(err, &ve) {
 			br := &errdetails.BadRequest{}
 			for _, v := range ve.Violations {
 				br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{Field: v.Field, Description: v.Detail})
 			}
-			if withBR, err := st.WithDetails(br); err == nil {
-				st = withBR
-			}
+			details = append(details, br)
 		}
-		return st
+		return newStatus(codes.InvalidArgument, ReasonInvalidArgument, token.Detail(err), details...)
 	case errors.Is(err, token.ErrConflict):
 		return newStatus(codes.FailedPrecondition, ReasonConflict, conflictMessage(err))
 	case errors.Is(err, store.ErrUnavailable):
 		// The cause (an errno, a file path) is for the log; the client
 		// learns only that retrying later may work.
-		st := newStatus(codes.Unavailable, ReasonStorageUnavailable, msgStorageUnavailable)
-		if withRetry, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(storageRetryDelay)}); err == nil {
-			st = withRetry
-		}
-		return st
+		return newStatus(codes.Unavailable, ReasonStorageUnavailable, msgStorageUnavailable, retryInfo(storageRetryDelay))
 	case errors.Is(err, context.Canceled):
 		return status.New(codes.Canceled, "request canceled")
 	case errors.Is(err, context.DeadlineExceeded):
@@ -137,12 +130,20 @@ func toStatus(err error) *status.Status {
 	return newStatus(codes.Internal, ReasonInternal, MessageInternal)
 }
 
-func newStatus(c codes.Code, reason, msg string) *status.Status {
+// newStatus builds a status carrying the tokend ErrorInfo for reason, then
+// details.
+func newStatus(c codes.Code, reason, msg string, details ...protoadapt.MessageV1) *status.Status {
 	st := status.New(c, msg)
-	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain}); err == nil {
-		return withInfo
+	all := append([]protoadapt.MessageV1{&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain}}, details...)
+	if withDetails, err := st.WithDetails(all...); err == nil {
+		return withDetails
 	}
 	return st
+}
+
+// retryInfo says when the client may try again.
+func retryInfo(after time.Duration) *errdetails.RetryInfo {
+	return &errdetails.RetryInfo{RetryDelay: durationpb.New(after)}
 }
 
 // conflictMessage strips the "conflict: " prefix of token.ErrConflict and

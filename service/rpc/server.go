@@ -223,7 +223,7 @@ func streamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
 		_ = ss.SetHeader(metadata.Pairs(TraceHeader, ri.TraceID))
 		defer func() {
 			if r := recover(); r != nil {
-				err = mapError(ctx, log, info.FullMethod, fmt.Errorf("panic in %s: %v\n%s", info.FullMethod, r, debug.Stack()))
+				err = mapError(ctx, log, info.FullMethod, panicError(info.FullMethod, r))
 			}
 			logCall(ctx, log, ri, info.FullMethod, err, start)
 		}()
@@ -317,6 +317,13 @@ func guardInterceptor(log *slog.Logger, max time.Duration) grpc.UnaryServerInter
 	}
 }
 
+// panicError is what a recovered panic in a handler of fullMethod becomes:
+// an error carrying the panic value and the stack, for the log only
+// (mapError reports it as Internal).
+func panicError(fullMethod string, r any) error {
+	return fmt.Errorf("panic in %s: %v\n%s", fullMethod, r, debug.Stack())
+}
+
 // callRecovering runs handler unless ctx has already ended, turning a panic
 // into an error that carries the panic value and stack (for the log only).
 func callRecovering(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
@@ -325,7 +332,7 @@ func callRecovering(ctx context.Context, req any, info *grpc.UnaryServerInfo, ha
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			resp, err = nil, fmt.Errorf("panic in %s: %v\n%s", info.FullMethod, r, debug.Stack())
+			resp, err = nil, panicError(info.FullMethod, r)
 		}
 	}()
 	return handler(ctx, req)
