@@ -375,7 +375,7 @@ func (rt *router) resolve(method, path string) resolution {
 	literal := rt.literalPath(path)
 	for i := range rt.routes {
 		c := &rt.routes[i]
-		if literal && c.template != path || !c.match(path) {
+		if !c.serves(path, literal) {
 			continue
 		}
 		if res.template == "" {
@@ -403,6 +403,13 @@ func (rt *router) routeOf(r *http.Request) string {
 	return "unmatched"
 }
 
+// serves reports whether route c serves path, whatever the method: its
+// template matches, and, if path names a literal route exactly (literal,
+// from literalPath), c is that literal route.
+func (c *compiledRoute) serves(path string, literal bool) bool {
+	return (!literal || c.template == path) && c.match(path)
+}
+
 // literalPath reports whether a literal route names path exactly.
 func (rt *router) literalPath(path string) bool {
 	for i := range rt.routes {
@@ -419,7 +426,7 @@ func (rt *router) allowedMethods(r *http.Request) []string {
 	var out []string
 	for i := range rt.routes {
 		c := &rt.routes[i]
-		if (!literal || c.template == r.URL.Path) && c.match(r.URL.Path) && !slices.Contains(out, c.method) {
+		if c.serves(r.URL.Path, literal) && !slices.Contains(out, c.method) {
 			out = append(out, c.method)
 		}
 	}
