@@ -47,6 +47,11 @@ const (
 	ReasonError     = "error"           // the lookup itself failed
 )
 
+// Reasons lists every reason FailureReason can return.
+func Reasons() []string {
+	return []string{ReasonMissing, ReasonMultiple, ReasonMalformed, ReasonUnknown, ReasonRevoked, ReasonExpired, ReasonAddress, ReasonError}
+}
+
 // refusal is an ErrInvalidToken that knows its reason.
 type refusal struct{ reason, detail string }
 

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -324,8 +325,8 @@ func TestAuthenticateRefusals(t *testing.T) {
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("Authenticate = %+v, %v; want error wrapping %v", p, err, tt.wantErr)
 			}
-			if got := auth.FailureReason(err); got != tt.reason {
-				t.Errorf("FailureReason = %q, want %q", got, tt.reason)
+			if got := auth.FailureReason(err); got != tt.reason || !slices.Contains(auth.Reasons(), got) {
+				t.Errorf("FailureReason = %q, want %q, one of auth.Reasons()", got, tt.reason)
 			}
 			if p.UserID != "" || p.TokenID != 0 || p.Token.ID != 0 {
 				t.Errorf("Authenticate returned principal %+v alongside an error", p)

@@ -86,8 +86,7 @@ func NewMetrics(src Sources) *Metrics {
 	}
 	// Every reason is exported from the start, at zero, so that a rate
 	// over it is defined before the first failure.
-	for _, r := range []string{auth.ReasonMissing, auth.ReasonMultiple, auth.ReasonMalformed, auth.ReasonUnknown,
-		auth.ReasonRevoked, auth.ReasonExpired, auth.ReasonAddress, auth.ReasonError} {
+	for _, r := range auth.Reasons() {
 		m.authFailures.WithLabelValues(r)
 	}
 	m.reg.MustRegister(
