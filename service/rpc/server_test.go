@@ -16,27 +16,20 @@ import (
 	"github.com/tokend/tokend/service/testutil"
 )
 
-// TestGuardCapsDeadline checks that a call cannot outlive the cap,
-// whatever deadline the client sent, and that a shorter one is kept; the
-// call ends with DeadlineExceeded.
+// TestGuardCapsDeadline checks the deadline the handler sees: the cap when
+// the client sent none or a later one, the client's own when it is
+// earlier; and that a call reaching it ends with DeadlineExceeded.
 func TestGuardCapsDeadline(t *testing.T) {
-	ic := guardInterceptor(slog.New(slog.DiscardHandler), 50*time.Millisecond)
-	slow := func(ctx context.Context, _ any) (any, error) {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(5 * time.Second):
-			return "finished", nil
-		}
-	}
+	const max = 50 * time.Millisecond
+	ic := guardInterceptor(slog.New(slog.DiscardHandler), max)
 	for _, tc := range []struct {
 		name   string
 		client time.Duration // 0: no client deadline
-		max    time.Duration
+		capped bool          // the handler sees the cap, not the client's deadline
 	}{
-		{"no client deadline", 0, time.Second},
-		{"a longer client deadline is cut", time.Hour, time.Second},
-		{"a shorter client deadline stays", 10 * time.Millisecond, 40 * time.Millisecond},
+		{"no client deadline", 0, true},
+		{"a longer client deadline is cut", time.Hour, true},
+		{"a shorter client deadline stays", 10 * time.Millisecond, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -45,30 +38,55 @@ func TestGuardCapsDeadline(t *testing.T) {
 				ctx, cancel = context.WithTimeout(ctx, tc.client)
 				defer cancel()
 			}
+			clientDeadline, _ := ctx.Deadline()
 			start := time.Now()
-			_, err := ic(ctx, nil, &grpc.UnaryServerInfo{FullMethod: "/x/Y"}, slow)
+			var seen time.Time
+			_, err := ic(ctx, nil, &grpc.UnaryServerInfo{FullMethod: "/x/Y"}, func(ctx context.Context, _ any) (any, error) {
+				seen, _ = ctx.Deadline()
+				select {
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				case <-time.After(5 * time.Second):
+					return "finished", nil
+				}
+			})
 			if status.Code(err) != codes.DeadlineExceeded {
 				t.Fatalf("err = %v, want DeadlineExceeded", err)
 			}
-			if took := time.Since(start); took > tc.max {
-				t.Errorf("the call ran %v, want it cut by %v", took, tc.max)
+			if tc.capped {
+				if seen.Before(start.Add(max)) || seen.After(time.Now().Add(max)) {
+					t.Errorf("handler's deadline %v, want the cap, %v after the call began", seen, max)
+				}
+			} else if !seen.Equal(clientDeadline) {
+				t.Errorf("handler's deadline %v, want the client's %v", seen, clientDeadline)
 			}
 		})
 	}
 }
 
 // TestGuardStartsNoWorkPastDeadline checks that a call whose deadline has
-// passed before it starts never reaches its handler.
+// passed before it starts never reaches its handler, whether the client's
+// deadline or the cap has passed.
 func TestGuardStartsNoWorkPastDeadline(t *testing.T) {
-	ic := guardInterceptor(slog.New(slog.DiscardHandler), time.Nanosecond)
-	time.Sleep(time.Millisecond)
-	ran := false
-	_, err := ic(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: "/x/Y"}, func(context.Context, any) (any, error) {
-		ran = true
-		return "ok", nil
-	})
-	if status.Code(err) != codes.DeadlineExceeded || ran {
-		t.Errorf("a call past its deadline: %v, handler ran: %v; want DeadlineExceeded and no run", err, ran)
+	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		max  time.Duration
+	}{
+		{"client deadline passed", expired, time.Minute},
+		{"cap of 1ns", context.Background(), time.Nanosecond},
+	} {
+		ran := false
+		_, err := guardInterceptor(slog.New(slog.DiscardHandler), tc.max)(tc.ctx, nil, &grpc.UnaryServerInfo{FullMethod: "/x/Y"},
+			func(context.Context, any) (any, error) {
+				ran = true
+				return "ok", nil
+			})
+		if status.Code(err) != codes.DeadlineExceeded || ran {
+			t.Errorf("%s: %v, handler ran: %v; want DeadlineExceeded and no run", tc.name, err, ran)
+		}
 	}
 }
 
