@@ -74,20 +74,6 @@ func TestLookupCacheFillRace(t *testing.T) {
 	}
 }
 
-func TestLookupCacheBounded(t *testing.T) {
-	s, _ := openTemp(t)
-	s.cache.max = 3
-	for i := range 10 {
-		_, h := create(t, s, "alice", string(rune('a'+i)))
-		if _, err := s.Lookup(h, t0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := len(s.cache.m); n > 3 {
-		t.Errorf("cache holds %d entries, want at most 3", n)
-	}
-}
-
 func TestLookupCachedAllocatesNothing(t *testing.T) {
 	s, _ := openTemp(t)
 	_, h := create(t, s, "alice", "a")

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -18,11 +17,7 @@ import (
 // the disk hangs share the one check in flight instead of piling up, and
 // that the check succeeds again once the disk does.
 func TestCheckWritableDoesNotHang(t *testing.T) {
-	st, err := Open(filepath.Join(t.TempDir(), "c.db"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st, _ := openTemp(t)
 	if err := st.CheckWritable(context.Background()); err != nil {
 		t.Fatalf("CheckWritable on a healthy disk: %v", err)
 	}
@@ -38,29 +33,18 @@ func TestCheckWritableDoesNotHang(t *testing.T) {
 	<-held
 	for range 20 {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-		start := time.Now()
 		err := st.CheckWritable(ctx)
 		cancel()
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("CheckWritable while writes hang = %v, want DeadlineExceeded", err)
-		}
-		if took := time.Since(start); took > 5*time.Second {
-			t.Fatalf("CheckWritable took %v to give up", took)
 		}
 	}
 	if n := checkGoroutines(); n != 1 {
 		t.Errorf("20 probes of a hung disk left %d write checks running, want them to share one", n)
 	}
 	close(release)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := st.CheckWritable(context.Background())
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("CheckWritable after the disk recovered: %v", err)
-		}
+	if err := st.CheckWritable(context.Background()); err != nil {
+		t.Fatalf("CheckWritable after the disk recovered: %v", err)
 	}
 }
 

@@ -24,6 +24,11 @@ func checkWrites(t *testing.T, s *Store, tok token.Token, isCause func(error) bo
 		call func() error
 	}{
 		{"Create", func() error { _, _, err := s.Create(fresh, CreateOptions{Now: t0}); return err }},
+		// It reads first, for a replay, then writes.
+		{"idempotent Create", func() error {
+			_, _, err := s.Create(fresh, CreateOptions{Now: t0, Idempotency: idemFor("alice", clientKey, "req", "s")})
+			return err
+		}},
 		{"CreateBatch", func() error { _, err := s.CreateBatch([]token.Token{fresh}); return err }},
 		{"Revoke", func() error { _, err := s.Revoke("alice", tok.ID, t0); return err }},
 		{"Mutate", func() error {
