@@ -961,16 +961,17 @@ func TestRunLeavesNoUseBehindWhenCancelled(t *testing.T) {
 	for i := range n {
 		r.Record(a.ID, t0)
 		if i == n/2 {
+			deadline := time.Now().Add(10 * time.Second)
 			for r.Stats().Flushes == 0 { // make sure Run has flushed meanwhile
+				if time.Now().After(deadline) {
+					t.Fatal("Run never flushed")
+				}
 				time.Sleep(time.Millisecond)
 			}
 		}
 	}
 	cancel()
 	step(t, "Run to return", done)
-	if r.Stats().Flushes == 0 {
-		t.Fatal("Run never flushed")
-	}
 	if got, p := stored(t, st, a).UsageCount, r.Pending(); got+p != n {
 		t.Errorf("after Run returned on cancel: stored %d + pending %d, want %d", got, p, n)
 	}
