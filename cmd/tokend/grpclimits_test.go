@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -76,42 +78,64 @@ func TestGRPCMaxConcurrentStreams(t *testing.T) {
 }
 
 // TestGRPCKeepaliveEnforcement checks that a client pinging more often than
-// the server allows (here: with no call in flight at all) is sent away
-// with GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and disconnected, so pings
-// cannot keep an idle connection busy.
+// the server allows is sent away with GOAWAY ENHANCE_YOUR_CALM
+// "too_many_pings" and disconnected, so pings cannot keep a connection
+// busy: with no call in flight (any ping is too many), and during a call,
+// where tokend's minimum ping interval is what decides.
 func TestGRPCKeepaliveEnforcement(t *testing.T) {
 	s := startServer(t, "")
-	fr, _ := rawH2(t, s.addrs.GRPC)
-	var data [8]byte
-	for i := range 5 {
-		data[0] = byte(i)
-		if err := fr.WritePing(false, data); err != nil {
-			break // the server may already have hung up
-		}
-	}
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			t.Fatalf("connection ended (%v) without GOAWAY ENHANCE_YOUR_CALM", err)
-		}
-		ga, ok := f.(*http2.GoAwayFrame)
-		if !ok {
-			continue
-		}
-		if ga.ErrCode != http2.ErrCodeEnhanceYourCalm || !strings.Contains(string(ga.DebugData()), "too_many_pings") {
-			t.Fatalf("GOAWAY %v %q, want ENHANCE_YOUR_CALM too_many_pings", ga.ErrCode, ga.DebugData())
-		}
-		break
-	}
-	// And the server closes the connection.
-	for {
-		if _, err := fr.ReadFrame(); err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				t.Fatal("the server kept the connection open after GOAWAY")
+	for _, inCall := range []bool{false, true} {
+		t.Run(fmt.Sprintf("call in flight %v", inCall), func(t *testing.T) {
+			fr, _ := rawH2(t, s.addrs.GRPC)
+			if inCall {
+				// A Watch stays open until the client ends it: the server
+				// waits for its request message.
+				var hdr bytes.Buffer
+				enc := hpack.NewEncoder(&hdr)
+				for _, f := range [][2]string{
+					{":method", "POST"}, {":scheme", "http"}, {":path", "/grpc.health.v1.Health/Watch"},
+					{":authority", s.addrs.GRPC}, {"content-type", "application/grpc"}, {"te", "trailers"},
+				} {
+					if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hdr.Bytes(), EndHeaders: true}); err != nil {
+					t.Fatal(err)
+				}
 			}
-			return
-		}
+			var data [8]byte
+			for i := range 5 {
+				data[0] = byte(i)
+				if err := fr.WritePing(false, data); err != nil {
+					break // the server may already have hung up
+				}
+			}
+			for {
+				f, err := fr.ReadFrame()
+				if err != nil {
+					t.Fatalf("connection ended (%v) without GOAWAY ENHANCE_YOUR_CALM", err)
+				}
+				ga, ok := f.(*http2.GoAwayFrame)
+				if !ok {
+					continue
+				}
+				if ga.ErrCode != http2.ErrCodeEnhanceYourCalm || !strings.Contains(string(ga.DebugData()), "too_many_pings") {
+					t.Fatalf("GOAWAY %v %q, want ENHANCE_YOUR_CALM too_many_pings", ga.ErrCode, ga.DebugData())
+				}
+				break
+			}
+			// And the server closes the connection.
+			for {
+				if _, err := fr.ReadFrame(); err != nil {
+					var ne net.Error
+					if errors.As(err, &ne) && ne.Timeout() {
+						t.Fatal("the server kept the connection open after GOAWAY")
+					}
+					return
+				}
+			}
+		})
 	}
 }
 

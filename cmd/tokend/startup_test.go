@@ -44,16 +44,12 @@ func TestServeRefusesClearly(t *testing.T) {
 			defer cancel()
 			var logs bytes.Buffer
 			started := false
-			start := time.Now()
 			err := runServe(ctx, tc.args, func(string) string { return "" }, &logs, func(listening) { started = true })
 			if err == nil || started {
 				t.Fatalf("runServe = %v (started %v), want a refusal", err, started)
 			}
 			if msg := err.Error(); !strings.Contains(msg, tc.want) || strings.Contains(msg, "\n") {
 				t.Errorf("error %q, want one line mentioning %q", msg, tc.want)
-			}
-			if took := time.Since(start); took > 5*time.Second {
-				t.Errorf("took %v to refuse", took)
 			}
 		})
 	}
