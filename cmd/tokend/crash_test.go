@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"path/filepath"
@@ -47,38 +45,11 @@ var crashServeFlags = []string{
 	"--max-tokens-per-user", "0",
 }
 
-// crashDo sends one request and reads the whole answer. An error means the
-// request got no complete answer, so it is not acknowledged.
-func crashDo(hc *http.Client, method, url, secret string, body []byte) (int, []byte, error) {
-	var r io.Reader
-	if body != nil {
-		r = bytes.NewReader(body)
-	}
-	req, err := http.NewRequest(method, url, r)
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+secret)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, nil, err
-	}
-	return resp.StatusCode, b, nil
-}
-
 // crashCreate creates a token named name over REST. The token is
 // acknowledged only when the status is 201 and err is nil.
 func crashCreate(hc *http.Client, api, secret, name string) (createdToken, int, error) {
 	body, _ := json.Marshal(map[string]string{"name": name})
-	status, b, err := crashDo(hc, http.MethodPost, api, secret, body)
+	status, b, err := restDo(hc, http.MethodPost, api, secret, body)
 	if err != nil {
 		return createdToken{}, status, err
 	}
@@ -121,14 +92,7 @@ func TestCrashKill9(t *testing.T) {
 	const user = "alice"
 
 	srv := procStart(t, bin, db, crashServeFlags...)
-	out, errOut, code := procRun(t, bin, "token", "create", "--db", db, "--user", user, "--name", "bootstrap", "--json")
-	if code != 0 {
-		t.Fatalf("token create exited %d: %s", code, errOut)
-	}
-	var boot createdToken
-	if err := json.Unmarshal([]byte(out), &boot); err != nil || boot.ID <= 0 || boot.Secret == "" {
-		t.Fatalf("token create output %q: %v", out, err)
-	}
+	boot := createToken(t, db, user, "bootstrap") // over the child's admin socket
 
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 	defer hc.CloseIdleConnections()
@@ -201,7 +165,7 @@ func TestCrashKill9(t *testing.T) {
 			case <-stop:
 				return
 			case id := <-toRevoke:
-				status, body, err := crashDo(hc, http.MethodDelete, api+"/"+strconv.FormatInt(id, 10), boot.Secret, nil)
+				status, body, err := restDo(hc, http.MethodDelete, api+"/"+strconv.FormatInt(id, 10), boot.Secret, nil)
 				if err != nil || status != http.StatusNoContent {
 					fail("revoke %d: status %d, %v %s", id, status, err, body)
 					return
@@ -217,7 +181,7 @@ func TestCrashKill9(t *testing.T) {
 		url := api + "/" + strconv.FormatInt(tok.ID, 10)
 		wg.Go(func() {
 			for !stopped() {
-				status, body, err := crashDo(hc, http.MethodGet, url, tok.Secret, nil)
+				status, body, err := restDo(hc, http.MethodGet, url, tok.Secret, nil)
 				if err != nil {
 					seen.unacked++
 					fail("GET token %d: %v", tok.ID, err)

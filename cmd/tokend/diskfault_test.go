@@ -60,14 +60,7 @@ func TestDiskFailure(t *testing.T) {
 	srv := procStart(t, bin, db, "--usage-flush-interval", "100ms")
 	pid := srv.cmd.Process.Pid
 
-	out, errOut, code := procRun(t, bin, "token", "create", "--db", db, "--user", "alice", "--name", "boot", "--json")
-	if code != 0 {
-		t.Fatalf("token create exited %d: %s", code, errOut)
-	}
-	var boot createdToken
-	if err := json.Unmarshal([]byte(out), &boot); err != nil || boot.ID <= 0 || boot.Secret == "" {
-		t.Fatalf("token create output %q: %v", out, err)
-	}
+	boot := createToken(t, db, "alice", "boot") // over the child's admin socket
 
 	conn, err := grpc.NewClient("passthrough:///"+srv.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -234,3 +234,33 @@ func mustSecret(t *testing.T) string {
 	}
 	return s
 }
+
+// restDo sends one request with the bearer secret (and body, as JSON, if
+// any) and reads the whole answer. It reports failure as an error, not
+// through t, so goroutines other than the test's may call it; to the crash
+// test, an error means the request got no complete answer, so it is not
+// acknowledged.
+func restDo(hc *http.Client, method, url, secret string, body []byte) (int, []byte, error) {
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, r)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+secret)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, nil, err
+	}
+	return resp.StatusCode, b, nil
+}

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"reflect"
 	"regexp"
@@ -335,21 +334,9 @@ func TestRESTConcurrentUsageIsExact(t *testing.T) {
 			// Not s.get: it may call t.Fatal, which must not run off the
 			// test's goroutine.
 			defer wg.Done()
-			req, err := http.NewRequest(http.MethodGet, "http://"+s.addrs.HTTP+path, nil)
-			if err != nil {
-				errs <- err.Error()
-				return
-			}
-			req.Header.Set("Authorization", "Bearer "+tok.Secret)
-			resp, err := s.client.Do(req)
-			if err != nil {
-				errs <- err.Error()
-				return
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				errs <- fmt.Sprintf("status %d: %s", resp.StatusCode, body)
+			code, body, err := restDo(s.client, http.MethodGet, "http://"+s.addrs.HTTP+path, tok.Secret, nil)
+			if err != nil || code != http.StatusOK {
+				errs <- fmt.Sprintf("status %d (%v): %s", code, err, body)
 			}
 		}()
 	}

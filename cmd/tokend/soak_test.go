@@ -153,7 +153,7 @@ func TestSoak(t *testing.T) {
 	srv := soakStart(t, bin, db, "--auth-failure-limit", "0", "--debug-addr", "127.0.0.1:0", "--usage-flush-interval", "100ms")
 	hc := &http.Client{Timeout: soakCallTimeout, Transport: &http.Transport{MaxIdleConnsPerHost: soakWorkers}}
 	defer hc.CloseIdleConnections()
-	s := soakSetup(t, bin, db, srv.http, hc)
+	s := soakSetup(t, db, srv.http, hc)
 	dbg := soakDebug{addr: srv.debug, hc: &http.Client{Timeout: soakCallTimeout}}
 
 	workers := make([]*soakWorker, soakWorkers)
@@ -224,8 +224,8 @@ func TestSoak(t *testing.T) {
 	for _, tok := range append(append([]createdToken{}, s.revoked...), s.refused...) {
 		want[tok.ID] = 0
 	}
-	soakCheckStored(t, bin, db, "alice", want)
-	soakCheckStored(t, bin, db, "bob", map[int64]int64{s.bob.ID: 0})
+	soakCheckStored(t, db, "alice", want)
+	soakCheckStored(t, db, "bob", map[int64]int64{s.bob.ID: 0})
 
 	var counts strings.Builder
 	for tr := range soakTransports {
@@ -285,24 +285,16 @@ type soakWorker struct {
 
 // soakSetup mints the tokens: alice's bootstrap and bob's with the CLI over
 // the admin socket, the rest over REST with the bootstrap token.
-func soakSetup(t *testing.T, bin, db, httpAddr string, hc *http.Client) *soakRun {
+func soakSetup(t *testing.T, db, httpAddr string, hc *http.Client) *soakRun {
 	t.Helper()
 	s := &soakRun{t: t, httpAddr: httpAddr, hc: hc}
-	cliCreate := func(user, name string) createdToken {
-		out, errOut, code := procRun(t, bin, "token", "create", "--db", db, "--user", user, "--name", name, "--json")
-		var c createdToken
-		if err := json.Unmarshal([]byte(out), &c); code != 0 || err != nil || c.ID <= 0 || c.Secret == "" {
-			t.Fatalf("token create exited %d (%v): %s %s", code, err, out, errOut)
-		}
-		return c
-	}
-	s.boot = cliCreate("alice", "soak bootstrap")
-	s.bob = cliCreate("bob", "soak foreign")
+	s.boot = createToken(t, db, "alice", "soak bootstrap")
+	s.bob = createToken(t, db, "bob", "soak foreign")
 
 	api := "http://" + httpAddr + "/api/v1/me/tokens"
 	restCreate := func(body string) createdToken {
 		t.Helper()
-		status, b, err := crashDo(hc, http.MethodPost, api, s.boot.Secret, []byte(body))
+		status, b, err := restDo(hc, http.MethodPost, api, s.boot.Secret, []byte(body))
 		s.bootUses++
 		var got struct {
 			Data createdToken `json:"data"`
@@ -321,7 +313,7 @@ func soakSetup(t *testing.T, bin, db, httpAddr string, hc *http.Client) *soakRun
 	s.own = append(s.own, restCreate(`{"name":"soak loopback","allowed_ips":["127.0.0.1"]}`))
 	for i := range 2 {
 		tok := restCreate(fmt.Sprintf(`{"name":"soak revoked %d"}`, i))
-		status, b, err := crashDo(hc, http.MethodDelete, api+"/"+strconv.FormatInt(tok.ID, 10), s.boot.Secret, nil)
+		status, b, err := restDo(hc, http.MethodDelete, api+"/"+strconv.FormatInt(tok.ID, 10), s.boot.Secret, nil)
 		s.bootUses++
 		if status != http.StatusNoContent || err != nil {
 			t.Fatalf("revoke %d: status %d, %v: %s", tok.ID, status, err, b)
@@ -593,27 +585,21 @@ func (w *soakWorker) advance(count int64) bool {
 // soakCheckStored compares the usage counts in the stopped server's file,
 // read with the CLI, with want (token id → uses), which must name every
 // token of user.
-func soakCheckStored(t *testing.T, bin, db, user string, want map[int64]int64) {
+func soakCheckStored(t *testing.T, db, user string, want map[int64]int64) {
 	t.Helper()
-	out, errOut, code := procRun(t, bin, "token", "list", "--db", db, "--user", user, "--json")
-	if code != 0 {
-		t.Fatalf("token list --user %s exited %d: %s", user, code, errOut)
-	}
-	var list []struct {
-		ID         int64 `json:"id"`
-		UsageCount int64 `json:"usage_count"`
-	}
-	if err := json.Unmarshal([]byte(out), &list); err != nil {
-		t.Fatalf("token list output %q: %v", out, err)
-	}
+	list, out := cliList(t, db, user)
 	if len(list) != len(want) {
 		t.Errorf("%s has %d tokens, want %d: %s", user, len(list), len(want), out)
 	}
 	for _, tok := range list {
-		if w, ok := want[tok.ID]; !ok {
-			t.Errorf("%s has unexpected token %d", user, tok.ID)
-		} else if tok.UsageCount != w {
-			t.Errorf("stored usage_count of %s's token %d = %d, want %d", user, tok.ID, tok.UsageCount, w)
+		if tok.ID == nil || tok.UsageCount == nil {
+			t.Errorf("%s's list lacks an id or usage_count: %s", user, out)
+			continue
+		}
+		if w, ok := want[*tok.ID]; !ok {
+			t.Errorf("%s has unexpected token %d", user, *tok.ID)
+		} else if *tok.UsageCount != w {
+			t.Errorf("stored usage_count of %s's token %d = %d, want %d", user, *tok.ID, *tok.UsageCount, w)
 		}
 	}
 }
