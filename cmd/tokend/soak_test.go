@@ -94,23 +94,27 @@ const (
 	soakNKinds
 )
 
-// soakKinds names each kind, weighs it in the mix, and says whether its
-// expected answer counts a use of the worker's token (authentication
-// succeeded, so it does even when the answer is 404).
+// soakKinds names each kind, weighs it in the mix, and gives its expected
+// answer over each transport. Those that authenticate (all but the
+// refusals) count a use of the worker's token, even when the answer is 404.
 var soakKinds = [soakNKinds]struct {
-	name    string
-	weight  int
-	counted bool
+	name   string
+	weight int
+	status int
+	code   codes.Code
 }{
-	soakOwn:       {"own token", 30, true},
-	soakList:      {"list", 5, true},
-	soakForeign:   {"not found", 10, true},
-	soakUnknown:   {"unknown secret", 15, false},
-	soakMalformed: {"malformed credential", 15, false},
-	soakRevoked:   {"revoked", 10, false},
-	soakRefused:   {"IP refused", 10, false},
-	soakNewConn:   {"own token, new connection", 1, true},
+	soakOwn:       {"own token", 30, http.StatusOK, codes.OK},
+	soakList:      {"list", 5, http.StatusOK, codes.OK},
+	soakForeign:   {"not found", 10, http.StatusNotFound, codes.NotFound},
+	soakUnknown:   {"unknown secret", 15, http.StatusUnauthorized, codes.Unauthenticated},
+	soakMalformed: {"malformed credential", 15, http.StatusUnauthorized, codes.Unauthenticated},
+	soakRevoked:   {"revoked", 10, http.StatusUnauthorized, codes.Unauthenticated},
+	soakRefused:   {"IP refused", 10, http.StatusUnauthorized, codes.Unauthenticated},
+	soakNewConn:   {"own token, new connection", 1, http.StatusOK, codes.OK},
 }
+
+// counted reports whether an expected answer of kind counts a use.
+func (k soakKind) counted() bool { return soakKinds[k].status != http.StatusUnauthorized }
 
 const (
 	soakREST = iota
@@ -252,16 +256,15 @@ type soakRun struct {
 	httpAddr string
 	hc       *http.Client
 
-	boot     createdToken // alice's token that created the others over REST
-	bootUses int64        // its REST calls, all successful
-	bob      createdToken
-	own      []createdToken // alice's tokens the workers use; the last is limited to 127.0.0.1
-	revoked  []createdToken
-	refused  []createdToken
-	foreign  []int64  // ids alice may not see: bob's token and one never issued
-	unknown  []string // well-formed secrets no token has
-	badREST  []string // malformed Authorization values; "" sends none
-	badGRPC  [][]string
+	boot      createdToken // alice's token that created the others over REST
+	bootUses  int64        // its REST calls, all successful
+	bob       createdToken
+	own       []createdToken // alice's tokens the workers use; the last is limited to 127.0.0.1
+	revoked   []createdToken
+	refused   []createdToken
+	foreign   []int64  // ids alice may not see: bob's token and one never issued
+	unknown   []string // well-formed secrets no token has
+	malformed []string // malformed Authorization values; "" sends none
 
 	uses []atomic.Int64 // per own token: answers that counted a use
 	sent [2][soakNKinds]atomic.Int64
@@ -328,14 +331,7 @@ func soakSetup(t *testing.T, db, httpAddr string, hc *http.Client) *soakRun {
 	}
 	flipped := []byte(s.own[0].Secret)
 	flipped[10] ^= 1 // checksum now wrong
-	s.badREST = []string{"", "Bearer nope", "Basic YWxpY2U6cHc=", "Bearer", "Bearer " + string(flipped)}
-	for _, v := range s.badREST {
-		if v == "" {
-			s.badGRPC = append(s.badGRPC, nil)
-		} else {
-			s.badGRPC = append(s.badGRPC, []string{"authorization", v})
-		}
-	}
+	s.malformed = []string{"", "Bearer nope", "Basic YWxpY2U6cHc=", "Bearer", "Bearer " + string(flipped)}
 	return s
 }
 
@@ -442,6 +438,8 @@ func (s *soakRun) target(w *soakWorker, kind soakKind) (id int64, cred string) {
 	case soakRefused:
 		tok := s.refused[w.rng.IntN(len(s.refused))]
 		id, cred = tok.ID, "Bearer "+tok.Secret
+	case soakMalformed:
+		cred = s.malformed[w.rng.IntN(len(s.malformed))]
 	}
 	return id, cred
 }
@@ -449,18 +447,10 @@ func (s *soakRun) target(w *soakWorker, kind soakKind) (id int64, cred string) {
 func (s *soakRun) rest(w *soakWorker, kind soakKind) {
 	id, cred := s.target(w, kind)
 	path := "/api/v1/me/tokens/" + strconv.FormatInt(id, 10)
-	want := http.StatusOK
-	switch kind {
-	case soakList:
+	if kind == soakList {
 		path = "/api/v1/me/tokens?limit=5"
-	case soakForeign:
-		want = http.StatusNotFound
-	case soakMalformed:
-		cred = s.badREST[w.rng.IntN(len(s.badREST))]
-		want = http.StatusUnauthorized
-	case soakUnknown, soakRevoked, soakRefused:
-		want = http.StatusUnauthorized
 	}
+	want := soakKinds[kind].status
 	req, err := http.NewRequest(http.MethodGet, "http://"+s.httpAddr+path, nil)
 	if err != nil {
 		s.unexpected(soakREST, kind, "%v", err)
@@ -488,7 +478,7 @@ func (s *soakRun) rest(w *soakWorker, kind soakKind) {
 		s.unexpected(soakREST, kind, "status %d, want %d: %s", resp.StatusCode, want, body)
 		return
 	}
-	if soakKinds[kind].counted {
+	if kind.counted() {
 		s.uses[w.tok].Add(1)
 	}
 	switch kind {
@@ -521,21 +511,11 @@ func (s *soakRun) rest(w *soakWorker, kind soakKind) {
 
 func (s *soakRun) grpc(w *soakWorker, kind soakKind) {
 	id, cred := s.target(w, kind)
-	md := []string{"authorization", cred}
-	want := codes.OK
-	switch kind {
-	case soakForeign:
-		want = codes.NotFound
-	case soakMalformed:
-		md = s.badGRPC[w.rng.IntN(len(s.badGRPC))]
-		want = codes.Unauthenticated
-	case soakUnknown, soakRevoked, soakRefused:
-		want = codes.Unauthenticated
-	}
+	want := soakKinds[kind].code
 	ctx, cancel := context.WithTimeout(context.Background(), soakCallTimeout)
 	defer cancel()
-	if md != nil {
-		ctx = metadata.NewOutgoingContext(ctx, metadata.Pairs(md...))
+	if cred != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", cred)
 	}
 	var (
 		tok    *tokenv1.Token
@@ -555,7 +535,7 @@ func (s *soakRun) grpc(w *soakWorker, kind soakKind) {
 		s.unexpected(soakGRPC, kind, "code %v, want %v: %v", got, want, err)
 		return
 	}
-	if soakKinds[kind].counted {
+	if kind.counted() {
 		s.uses[w.tok].Add(1)
 	}
 	switch kind {
