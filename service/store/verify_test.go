@@ -2,13 +2,11 @@ package store
 
 import (
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/token"
 )
 
@@ -17,10 +15,11 @@ import (
 // write: a token missing from its index or its owner's list, and index or
 // owner entries naming no token.
 func TestVerify(t *testing.T) {
-	breaks := []struct {
+	for _, tc := range []struct {
 		name  string
-		apply func(tx *bolt.Tx, tok token.Token) error
+		apply func(tx *bolt.Tx, tok token.Token) error // nil: left intact
 	}{
+		{"intact", nil},
 		{"index entry lost", func(tx *bolt.Tx, tok token.Token) error {
 			return tx.Bucket(bucketSecrets).Delete(tok.SecretHash[:])
 		}},
@@ -44,37 +43,19 @@ func TestVerify(t *testing.T) {
 			k := idKey(tok.ID)
 			return b.Put(k[:], nil)
 		}},
-	}
-	for _, tc := range append([]struct {
-		name  string
-		apply func(tx *bolt.Tx, tok token.Token) error
-	}{{"intact", nil}}, breaks...) {
+	} {
 		t.Run(tc.name, func(t *testing.T) {
-			st, err := Open(filepath.Join(t.TempDir(), "v.db"), Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
+			st, _ := openTemp(t)
 			now := time.Now()
 			var toks []token.Token
 			for _, user := range []string{"alice", "alice", "bob"} {
-				sec, err := secret.New()
-				if err != nil {
-					t.Fatal(err)
-				}
-				tok, _, err := st.Create(token.Token{UserID: user, Name: "n", SecretHash: secret.HashOf(sec), CreatedAt: now}, CreateOptions{})
-				if err != nil {
-					t.Fatal(err)
-				}
+				tok, _ := create(t, st, user, "n")
 				toks = append(toks, tok)
 			}
-			next, err := secret.New()
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, next := newToken(t, "alice", "next")
 			if _, err := st.Mutate("alice", toks[0].ID, func(tk *token.Token) error {
 				tk.PrevSecretHash, tk.PrevSecretUntil = tk.SecretHash, now.Add(time.Hour)
-				tk.SecretHash = secret.HashOf(next)
+				tk.SecretHash = next
 				return nil
 			}); err != nil {
 				t.Fatal(err)
