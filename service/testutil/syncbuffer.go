@@ -1,5 +1,5 @@
 // Package testutil holds helpers shared by the tests of several tokend
-// packages; no production code imports it.
+// packages, and the benchmark harness (ChildEnv); the server never imports it.
 package testutil
 
 import (
