@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -89,19 +88,13 @@ func TestDiskFailure(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return api.sendReader(t, method, path, "application/json", bytes.NewReader(b), b, bearer(as.Secret))
+		return api.send(t, method, path, jsonType, b, bearer(as.Secret))
 	}
 	createREST := func(name string) createdToken {
 		t.Helper()
-		resp, body := send(http.MethodPost, tokens, boot, map[string]string{"name": name})
-		if resp.StatusCode != http.StatusCreated {
-			t.Fatalf("create %s: status %d, body %s", name, resp.StatusCode, body)
-		}
-		var got struct{ Data createdToken }
-		if err := json.Unmarshal(body, &got); err != nil || got.Data.ID <= 0 {
-			t.Fatalf("create %s: %s (%v)", name, body, err)
-		}
-		return got.Data
+		uses[boot.ID]++
+		m := restCreate(t, api, boot.Secret, fmt.Sprintf(`{"name":%q}`, name))
+		return createdToken{ID: idOf(t, m), Secret: m["secret"].(string)}
 	}
 	// read reads tok with its own secret over REST and gRPC, and checks
 	// that each answer counts every use so far, itself included.
