@@ -113,7 +113,7 @@ func TestDiskFailure(t *testing.T) {
 			t.Errorf("REST GET token %d: usage_count %d, want %d", tok.ID, got.Data.UsageCount, uses[tok.ID])
 		}
 		uses[tok.ID]++
-		gr, err := grpcc.GetToken(withAuth(ctx, "authorization", "Bearer "+tok.Secret), &tokenv1.GetTokenRequest{TokenId: tok.ID})
+		gr, err := grpcc.GetToken(as(ctx, tok.Secret), &tokenv1.GetTokenRequest{TokenId: tok.ID})
 		if err != nil {
 			t.Fatalf("gRPC GetToken %d: %v", tok.ID, err)
 		}
@@ -230,7 +230,7 @@ func TestDiskFailure(t *testing.T) {
 	}
 
 	// gRPC writes are Unavailable, with a reason and a retry delay.
-	asBoot := withAuth(ctx, "authorization", "Bearer "+boot.Secret)
+	asBoot := as(ctx, boot.Secret)
 	var createMD, revokeMD metadata.MD
 	uses[boot.ID]++
 	_, createErr := grpcc.CreateToken(asBoot, &tokenv1.CreateTokenRequest{Name: "refused-grpc"}, grpc.Header(&createMD))

@@ -14,7 +14,6 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
@@ -148,7 +147,7 @@ func TestCallDurationCapCannotBeLifted(t *testing.T) {
 	tok := createToken(t, s.db, "alice", "cap") // over the admin socket, which has no cap
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok.Secret)
+	ctx = as(ctx, tok.Secret)
 	if _, err := s.grpcClient().GetToken(ctx, &tokenv1.GetTokenRequest{TokenId: tok.ID}); status.Code(err) != codes.DeadlineExceeded {
 		t.Errorf("gRPC GetToken with a 1h deadline: %v, want DeadlineExceeded", err)
 	}

@@ -478,7 +478,7 @@ func TestLifecycleGRPCRotateAndCurrent(t *testing.T) {
 func TestGRPCMessageSizeLimit(t *testing.T) {
 	s := startServer(t, "")
 	tok := createToken(t, s.db, "alice", "size")
-	ctx := metadata.NewOutgoingContext(testCtx(t), metadata.Pairs("authorization", "Bearer "+tok.Secret))
+	ctx := as(testCtx(t), tok.Secret)
 	big := strings.Repeat("x", 100<<10)
 	_, err := s.grpcClient().CreateToken(ctx, &tokenv1.CreateTokenRequest{Name: big})
 	if status.Code(err) != codes.ResourceExhausted {
@@ -497,7 +497,7 @@ func TestGRPCMessageSizeLimit(t *testing.T) {
 	}
 	small := startServer(t, "", "--grpc-max-recv-bytes", "8192")
 	tok = createToken(t, small.db, "alice", "size")
-	ctx = metadata.NewOutgoingContext(testCtx(t), metadata.Pairs("authorization", "Bearer "+tok.Secret))
+	ctx = as(testCtx(t), tok.Secret)
 	if _, err := small.grpcClient().CreateToken(ctx, ten); status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("a 10 KiB request with --grpc-max-recv-bytes 8192: %v, want ResourceExhausted", err)
 	}

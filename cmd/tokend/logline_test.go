@@ -34,7 +34,7 @@ func TestRequestLogLine(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := s.grpcClient().GetToken(withAuth(ctx, "authorization", "Bearer "+tok.Secret, "traceparent", tp(grpcTrace)),
+	if _, err := s.grpcClient().GetToken(as(ctx, tok.Secret, "traceparent", tp(grpcTrace)),
 		&tokenv1.GetTokenRequest{TokenId: tok.ID}); err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
@@ -99,7 +98,7 @@ func TestMetrics(t *testing.T) {
 	call := func(secret string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+secret)
+		ctx = as(ctx, secret)
 		_, err := gc.GetToken(ctx, &tokenv1.GetTokenRequest{TokenId: good.ID})
 		return err
 	}

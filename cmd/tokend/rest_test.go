@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
@@ -481,8 +480,7 @@ func TestRESTFailedAuthenticationsAreThrottled(t *testing.T) {
 	}
 	// The throttle keys on the derived client address, whatever the
 	// transport: the same client is refused over gRPC too.
-	_, err := s.grpcClient().GetToken(metadata.NewOutgoingContext(testCtx(t), metadata.Pairs(
-		"authorization", "Bearer "+good.Secret, "x-forwarded-for", "198.51.100.66")), &tokenv1.GetTokenRequest{TokenId: good.ID})
+	_, err := s.grpcClient().GetToken(as(testCtx(t), good.Secret, "x-forwarded-for", "198.51.100.66"), &tokenv1.GetTokenRequest{TokenId: good.ID})
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("gRPC from the throttled address: %v, want ResourceExhausted", err)
 	}

@@ -154,8 +154,7 @@ func TestTracing(t *testing.T) {
 			// A gRPC call continuing the client's trace.
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok.Secret,
-				"traceparent", "00-"+grpcTrace+"-00f067aa0ba902b7-01")
+			ctx = as(ctx, tok.Secret, "traceparent", "00-"+grpcTrace+"-00f067aa0ba902b7-01")
 			var header metadata.MD
 			if _, err := srv.grpcClient().GetToken(ctx, &tokenv1.GetTokenRequest{TokenId: tok.ID}, grpc.Header(&header)); err != nil {
 				t.Fatalf("gRPC GetToken: %v", err)
