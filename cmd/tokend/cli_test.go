@@ -797,8 +797,8 @@ func TestCLIWithoutServerAppliesEnvLimits(t *testing.T) {
 	if out, err := runEnv("token", "create", "--db", db, "--user", "alice", "--name", "two"); err == nil || !strings.Contains(out+err.Error(), "limit of 1") {
 		t.Errorf("second create under TOKEND_MAX_TOKENS_PER_USER=1: %v\n%s; want the limit refusal", err, out)
 	}
-	if out, err := runEnv("token", "create", "--db", db, "--user", "bob", "--name", "long", "--expires-in", "2h"); err == nil {
-		t.Errorf("create beyond TOKEND_MAX_TOKEN_LIFETIME=1h succeeded:\n%s", out)
+	if out, err := runEnv("token", "create", "--db", db, "--user", "bob", "--name", "long", "--expires-in", "2h"); err == nil || !strings.Contains(out+err.Error(), "at most 1h0m0s") {
+		t.Errorf("create beyond TOKEND_MAX_TOKEN_LIFETIME=1h: %v\n%s; want the lifetime refusal", err, out)
 	}
 	env["TOKEND_MAX_TOKENS_PER_USER"] = "lots"
 	if _, err := runEnv("token", "list", "--db", db, "--user", "alice"); !errors.Is(err, errUsage) {
