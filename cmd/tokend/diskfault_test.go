@@ -143,17 +143,13 @@ func TestDiskFailure(t *testing.T) {
 	waitProbes := func(ready int, serving healthpb.HealthCheckResponse_ServingStatus) {
 		t.Helper()
 		want := []healthpb.HealthCheckResponse_ServingStatus{serving, serving}
-		start := time.Now()
-		for {
-			gotReady, gotHealth := probes()
-			if gotReady == ready && slices.Equal(gotHealth, want) {
-				t.Logf("/readyz %d and health %v after %v", ready, serving, time.Since(start).Round(time.Millisecond))
-				return
-			}
-			if time.Since(start) > 10*time.Second {
-				t.Fatalf("after 10s: /readyz %d, health %v; want %d and %v\nserver log:\n%s", gotReady, gotHealth, ready, want, srv.stderr)
-			}
-			time.Sleep(20 * time.Millisecond)
+		var gotReady int
+		var gotHealth []healthpb.HealthCheckResponse_ServingStatus
+		if !waitFor(10*time.Second, func() bool {
+			gotReady, gotHealth = probes()
+			return gotReady == ready && slices.Equal(gotHealth, want)
+		}) {
+			t.Fatalf("after 10s: /readyz %d, health %v; want %d and %v\nserver log:\n%s", gotReady, gotHealth, ready, want, srv.stderr)
 		}
 	}
 
@@ -183,10 +179,8 @@ func TestDiskFailure(t *testing.T) {
 	flushFailed := func() bool {
 		return strings.Contains(srv.stderr.String(), "flush usage counts; they stay in memory and are retried")
 	}
-	for deadline := time.Now().Add(10 * time.Second); !flushFailed(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no usage flush failed within 10s of the limit\nserver log:\n%s", srv.stderr)
-		}
+	if !waitFor(10*time.Second, flushFailed) {
+		t.Fatalf("no usage flush failed within 10s of the limit\nserver log:\n%s", srv.stderr)
 	}
 	read(reader)
 	if resp, body := send(http.MethodGet, tokens, boot, nil); resp.StatusCode != http.StatusOK {

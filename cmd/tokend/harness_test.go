@@ -264,3 +264,14 @@ func restDo(hc *http.Client, method, url, secret string, body []byte) (int, []by
 	}
 	return resp.StatusCode, b, nil
 }
+
+// waitFor checks cond every few milliseconds until it holds or d has
+// passed, and reports whether it held; the caller says what it waited for.
+func waitFor(d time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}

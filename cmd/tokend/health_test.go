@@ -49,20 +49,15 @@ func TestWatchWrites(t *testing.T) {
 	statusIs := func(want healthpb.HealthCheckResponse_ServingStatus) {
 		t.Helper()
 		from := checks.Load()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		if !waitFor(5*time.Second, func() bool {
 			ok := checks.Load() >= from+3
 			for _, name := range []string{"", tokenv1.TokenService_ServiceDesc.ServiceName} {
 				resp, err := hs.Check(context.Background(), &healthpb.HealthCheckRequest{Service: name})
 				ok = ok && err == nil && resp.GetStatus() == want
 			}
-			if ok {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("health did not become %v within 5s\nlogs:\n%s", want, logs)
-			}
-			time.Sleep(time.Millisecond)
+			return ok
+		}) {
+			t.Fatalf("health did not become %v within 5s\nlogs:\n%s", want, logs)
 		}
 	}
 

@@ -19,18 +19,14 @@ func TestLogWriterFlushesOnIntervalAndClose(t *testing.T) {
 	if _, err := lw.Write([]byte("one\n")); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	var got string
+	if !waitFor(5*time.Second, func() bool {
 		mu.Lock()
-		got := out.String()
-		mu.Unlock()
-		if got == "one\n" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the interval the output is %q, want %q", got, "one\n")
-		}
-		time.Sleep(5 * time.Millisecond)
+		defer mu.Unlock()
+		got = out.String()
+		return got == "one\n"
+	}) {
+		t.Fatalf("after the interval the output is %q, want %q", got, "one\n")
 	}
 	lw.Write([]byte("two\n"))
 	lw.Close()

@@ -142,14 +142,12 @@ func TestMetrics(t *testing.T) {
 	}
 
 	// Wait for the 5 uses to be flushed, then read everything at once.
-	deadline := time.Now().Add(10 * time.Second)
-	fams := srv.scrape(t)
-	for metricValue(t, fams, "tokend_usage_pending") != 0 || metricValue(t, fams, "tokend_usage_flushes_total") < 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("usage was not flushed within 10s")
-		}
-		time.Sleep(20 * time.Millisecond)
+	var fams map[string]*dto.MetricFamily
+	if !waitFor(10*time.Second, func() bool {
 		fams = srv.scrape(t)
+		return metricValue(t, fams, "tokend_usage_pending") == 0 && metricValue(t, fams, "tokend_usage_flushes_total") >= 1
+	}) {
+		t.Fatal("usage was not flushed within 10s")
 	}
 
 	route := "route=/api/v1/me/tokens/{token_id}"
