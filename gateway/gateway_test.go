@@ -560,7 +560,7 @@ func TestEdgeRecoversPanic(t *testing.T) {
 		}
 	}
 	if !sawPanic || !sawRequest {
-		t.Errorf("log lacks the panic line (%v) or the request line (%v) with trace_id %s:\n%s", sawPanic, sawRequest, traceID, bytes.NewBuffer(logBuf.Bytes()))
+		t.Errorf("log lacks the panic line (%v) or the request line (%v) with trace_id %s:\n%s", sawPanic, sawRequest, traceID, logBuf.String())
 	}
 	// The panic's 500 is counted like any answer.
 	scrape := httptest.NewRecorder()

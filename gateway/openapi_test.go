@@ -303,7 +303,7 @@ func TestOpenAPIHandler(t *testing.T) {
 		rec = httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(m, "/openapi.json", nil))
 		if rec.Code != http.StatusMethodNotAllowed || !strings.Contains(rec.Header().Get("Allow"), "GET") ||
-			rec.Header().Get("Content-Type") != "application/problem+json" {
+			rec.Header().Get("Content-Type") != ProblemContentType {
 			t.Errorf("%s: status %d, Allow %q, Content-Type %q; want a 405 problem allowing GET", m, rec.Code, rec.Header().Get("Allow"), rec.Header().Get("Content-Type"))
 		}
 	}
@@ -382,7 +382,7 @@ func TestDocsHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") == "" || resp.Header.Get("Content-Type") != "application/problem+json" {
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") == "" || resp.Header.Get("Content-Type") != ProblemContentType {
 		t.Errorf("POST: status %d, Allow %q, Content-Type %q; want a 405 problem with Allow", resp.StatusCode, resp.Header.Get("Allow"), resp.Header.Get("Content-Type"))
 	}
 }

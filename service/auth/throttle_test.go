@@ -78,7 +78,7 @@ func TestThrottleMemoryIsBounded(t *testing.T) {
 }
 
 func TestThrottleDisabled(t *testing.T) {
-	var th *Throttle = NewThrottle(0, time.Minute, 0)
+	th := NewThrottle(0, time.Minute, 0)
 	th.Fail(netip.MustParseAddr("192.0.2.1"), time.Now())
 	if err := th.Check(netip.MustParseAddr("192.0.2.1"), time.Now()); err != nil || th.Len() != 0 {
 		t.Errorf("a disabled throttle refused or tracked: %v, %d", err, th.Len())
