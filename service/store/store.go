@@ -230,8 +230,15 @@ func migrate(tx *bolt.Tx, from byte) error {
 // comes back as it is, and a failure to begin the transaction (the file
 // closed or unreadable) is ErrUnavailable wrapping the cause.
 func (s *Store) view(fn func(*bolt.Tx) error) error {
+	return inTx(s.db.View, fn)
+}
+
+// inTx runs fn in the transaction run (db.View or db.Update) makes: fn's
+// error comes back as it is, and any other error, from beginning or
+// committing the transaction, is ErrUnavailable wrapping it.
+func inTx(run func(func(*bolt.Tx) error) error, fn func(*bolt.Tx) error) error {
 	var fnErr error
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := run(func(tx *bolt.Tx) error {
 		fnErr = fn(tx)
 		return fnErr
 	})
@@ -260,14 +267,7 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 func (s *Store) updateThen(fn func(*bolt.Tx) error, after func()) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	var fnErr error
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		fnErr = fn(tx)
-		return fnErr
-	})
-	if err != nil && fnErr == nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
-	}
+	err := inTx(s.db.Update, fn)
 	if err == nil {
 		if s.hookCommitted != nil {
 			s.hookCommitted()
