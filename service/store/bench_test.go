@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/token"
@@ -83,5 +84,44 @@ func BenchmarkLookup100k(b *testing.B) {
 		if _, err := s.Lookup(hashes[rng.IntN(len(hashes))], t0); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkCreateWithHistory measures a Create under the live-token quota
+// for a user with a long history: past tokens, half revoked and half
+// expired, as a CI system that creates a short-lived token per job leaves
+// behind. Each create's token has expired by the next one, so the user's
+// live set stays small while the history grows.
+func BenchmarkCreateWithHistory(b *testing.B) {
+	for _, past := range []int{100, 10_000} {
+		b.Run(fmt.Sprintf("past=%d", past), func(b *testing.B) {
+			s, _ := openTemp(b)
+			old := make([]token.Token, 0, past+5)
+			for i := range past + 5 {
+				tok, _ := newToken(b, "ci", fmt.Sprintf("job %d", i))
+				switch {
+				case i >= past:
+					// A few live tokens, which the quota counts.
+				case i%2 == 0:
+					tok.RevokedAt = t0.Add(-time.Hour)
+				default:
+					tok.ExpiresAt = t0.Add(-time.Hour)
+				}
+				old = append(old, tok)
+			}
+			if _, err := s.CreateBatch(old); err != nil {
+				b.Fatal(err)
+			}
+			now := t0
+			b.ReportAllocs()
+			for b.Loop() {
+				now = now.Add(2 * time.Second)
+				tok, _ := newToken(b, "ci", "job")
+				tok.ExpiresAt = now.Add(time.Second)
+				if _, _, err := s.Create(tok, CreateOptions{Now: now, MaxLive: 100}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/tokend/tokend/service/token"
 )
 
-// A token record, schema version 2: a format byte, then
+// A token record, schema version 2 and later: a format byte, then
 //
 //	user, name          uvarint length + bytes
 //	secret hash         32 bytes

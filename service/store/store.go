@@ -1,6 +1,6 @@
 // Package store keeps tokens in one bbolt file.
 //
-// Layout (schema version 2):
+// Layout (schema version 3):
 //
 //	meta     "schema" → version, one byte; "usage_batch" → the last usage
 //	         batch applied (8-byte big-endian); "ready_check" → the time of
@@ -9,6 +9,9 @@
 //	         wrote JSON, migrated on open)
 //	secrets  SHA-256 of the secret → id
 //	users    user id → bucket of that user's token ids → empty
+//	live     user id → bucket of that user's unrevoked token ids → expiry
+//	         (8-byte big-endian Unix seconds, 0 for none); the quota counts
+//	         from it, and a create prunes the user's expired entries
 //	idempotency  SHA-256 of (user, Idempotency-Key) → record (JSON)
 //
 // Ids come from the tokens bucket's sequence, so they are unique across all
@@ -41,8 +44,9 @@ import (
 
 // SchemaVersion is the layout this package reads and writes. Version 1
 // stored token records as JSON; version 2 stores them in a compact binary
-// form (record.go). Open migrates a version 1 file in place.
-const SchemaVersion = 2
+// form (record.go); version 3 adds the live index. Open migrates an older
+// file in place.
+const SchemaVersion = 3
 
 // Errors returned by Open, besides those of the file system.
 var (
@@ -70,6 +74,7 @@ var (
 	bucketSecrets = []byte("secrets")
 	bucketUsers   = []byte("users")
 	bucketIdem    = []byte("idempotency")
+	bucketLive    = []byte("live")
 	keySchema     = []byte("schema")
 	keyBatch      = []byte("usage_batch")
 )
@@ -180,7 +185,7 @@ func initSchema(tx *bolt.Tx) error {
 	case v[0] > SchemaVersion:
 		return fmt.Errorf("%w (file has %d, supported %d)", ErrNewerSchema, v[0], SchemaVersion)
 	}
-	for _, name := range [][]byte{bucketTokens, bucketSecrets, bucketUsers, bucketIdem} {
+	for _, name := range [][]byte{bucketTokens, bucketSecrets, bucketUsers, bucketIdem, bucketLive} {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return err
 		}
@@ -198,10 +203,22 @@ func initSchema(tx *bolt.Tx) error {
 // transaction, so a failed migration leaves the file as it was. A version
 // no tokend ever wrote (0) is corruption, not something to relabel.
 func migrate(tx *bolt.Tx, from byte) error {
-	if from != 1 {
+	if from < 1 {
 		return fmt.Errorf("%w: schema version %d", ErrCorrupt, from)
 	}
-	// Rewrite every token record from JSON to the binary form.
+	if from < 2 {
+		if err := migrateBinary(tx); err != nil {
+			return err
+		}
+	}
+	if from < 3 {
+		return buildLive(tx)
+	}
+	return nil
+}
+
+// migrateBinary rewrites every token record from JSON to the binary form.
+func migrateBinary(tx *bolt.Tx) error {
 	b := tx.Bucket(bucketTokens)
 	var ts []token.Token
 	err := b.ForEach(func(k, v []byte) error {
@@ -221,6 +238,49 @@ func migrate(tx *bolt.Tx, from byte) error {
 	for i := range ts {
 		if err := put(tx, &ts[i]); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// buildLive fills the live index from the tokens, one user at a time, so
+// that a large file's migration holds one user's tokens in memory rather
+// than all of them. Expired tokens are indexed too: which are expired
+// depends on the clock of the request, so the first create of each user
+// prunes them.
+func buildLive(tx *bolt.Tx) error {
+	users := tx.Bucket(bucketUsers)
+	var names [][]byte
+	err := users.ForEachBucket(func(name []byte) error {
+		names = append(names, slices.Clone(name))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		var ts []token.Token
+		err := users.Bucket(name).ForEach(func(k, _ []byte) error {
+			if len(k) != 8 {
+				return fmt.Errorf("user %q: %w", name, ErrCorrupt)
+			}
+			t, err := get(tx, binary.BigEndian.Uint64(k))
+			if err != nil {
+				return err
+			}
+			if t.UserID != string(name) {
+				return fmt.Errorf("user %q lists token %d of another user: %w", name, t.ID, ErrCorrupt)
+			}
+			ts = append(ts, t)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for i := range ts {
+			if err := setLive(tx, &ts[i]); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -471,29 +531,71 @@ func insert(tx *bolt.Tx, t *token.Token) error {
 	if err != nil {
 		return err
 	}
-	return user.Put(key[:], nil)
+	if err := user.Put(key[:], nil); err != nil {
+		return err
+	}
+	return setLive(tx, t)
 }
 
+// setLive keeps t's entry in the live index in step with t: an unrevoked
+// token is listed with its expiry, a revoked one is not.
+func setLive(tx *bolt.Tx, t *token.Token) error {
+	key := idKey(t.ID)
+	if !t.RevokedAt.IsZero() {
+		lb := tx.Bucket(bucketLive).Bucket([]byte(t.UserID))
+		if lb == nil {
+			return nil
+		}
+		return lb.Delete(key[:])
+	}
+	lb, err := tx.Bucket(bucketLive).CreateBucketIfNotExists([]byte(t.UserID))
+	if err != nil {
+		return err
+	}
+	exp := liveValue(t)
+	return lb.Put(key[:], exp[:])
+}
+
+// liveValue is t's value in the live index: its expiry.
+func liveValue(t *token.Token) [8]byte {
+	var v [8]byte
+	binary.BigEndian.PutUint64(v[:], uint64(unix(t.ExpiresAt)))
+	return v
+}
+
+// countLive counts user's active tokens at now from the live index, so its
+// cost follows the tokens the user holds, not every token the user ever
+// had. Entries expired at now are pruned: expiry is fixed when a token is
+// created, so an expired token never counts again. (A clock stepped back
+// after a prune undercounts by the pruned tokens until it passes their
+// expiry again; the quota is a limit on abuse, not a ledger.)
 func countLive(tx *bolt.Tx, user string, now time.Time) (int, error) {
-	ub := tx.Bucket(bucketUsers).Bucket([]byte(user))
-	if ub == nil {
+	lb := tx.Bucket(bucketLive).Bucket([]byte(user))
+	if lb == nil {
 		return 0, nil
 	}
 	n := 0
-	err := ub.ForEach(func(k, _ []byte) error {
-		if len(k) != 8 {
-			return fmt.Errorf("user %q: %w", user, ErrCorrupt)
+	var expired [][]byte
+	err := lb.ForEach(func(k, v []byte) error {
+		if len(k) != 8 || len(v) != 8 {
+			return fmt.Errorf("live tokens of user %q: %w", user, ErrCorrupt)
 		}
-		t, err := get(tx, binary.BigEndian.Uint64(k))
-		if err != nil {
-			return err
+		if exp := int64(binary.BigEndian.Uint64(v)); exp != 0 && !now.Before(time.Unix(exp, 0)) {
+			expired = append(expired, slices.Clone(k))
+			return nil
 		}
-		if t.Status(now) == token.StatusActive {
-			n++
-		}
+		n++
 		return nil
 	})
-	return n, err
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range expired {
+		if err := lb.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
 }
 
 // replayOf returns the token created by an earlier request of user under
@@ -754,6 +856,11 @@ func (s *Store) Mutate(user string, id uint64, fn func(*token.Token) error) (tok
 		t.ID, t.UserID = before.ID, before.UserID
 		if err := reindex(tx, &before, &t); err != nil {
 			return err
+		}
+		if !t.RevokedAt.Equal(before.RevokedAt) || !t.ExpiresAt.Equal(before.ExpiresAt) {
+			if err := setLive(tx, &t); err != nil {
+				return err
+			}
 		}
 		return put(tx, &t)
 	}, func() {

@@ -702,14 +702,21 @@ func TestOpenSchemaVersions(t *testing.T) {
 
 func setSchema(t *testing.T, path string, v []byte) {
 	t.Helper()
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("meta")).Put([]byte("schema"), v)
+	})
+}
+
+// rawUpdate changes the closed database at path with bbolt alone, for
+// fixtures this package would never write.
+func rawUpdate(t *testing.T, path string, fn func(*bolt.Tx) error) {
+	t.Helper()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if err := db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket([]byte("meta")).Put([]byte("schema"), v)
-	}); err != nil {
+	if err := db.Update(fn); err != nil {
 		t.Fatal(err)
 	}
 }

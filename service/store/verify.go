@@ -12,10 +12,14 @@ import (
 // maxVerifyErrors bounds what Verify reports of a badly broken file.
 const maxVerifyErrors = 20
 
-// Verify checks that the tokens, their secret index and their owners'
-// lists agree: every token decodes and is listed under its owner and found
-// by each of its live secret hashes; every index entry and every owner
-// entry names an existing token that is its own. A write that reached disk
+// Verify checks that the tokens, their secret index, their owners' lists
+// and the live index agree: every token decodes and is listed under its
+// owner and found by each of its live secret hashes; every index entry and
+// every owner entry names an existing token that is its own; the live
+// index lists no revoked token, every unrevoked token that never expires,
+// and each token it lists with its expiry. (An unrevoked token that
+// expires may be missing: a create prunes expired entries by the clock of
+// its request.) A write that reached disk
 // only in part (a token without its index entry, or the reverse) fails it.
 // It reads the whole file, so it is for tests and offline checks, not for
 // every start. The error wraps ErrCorrupt.
@@ -27,7 +31,7 @@ func (s *Store) Verify() error {
 		}
 	}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		tokens, secrets, users := tx.Bucket(bucketTokens), tx.Bucket(bucketSecrets), tx.Bucket(bucketUsers)
+		tokens, secrets, users, live := tx.Bucket(bucketTokens), tx.Bucket(bucketSecrets), tx.Bucket(bucketUsers), tx.Bucket(bucketLive)
 		var zero [32]byte
 		err := tokens.ForEach(func(k, v []byte) error {
 			if len(k) != 8 {
@@ -42,6 +46,22 @@ func (s *Store) Verify() error {
 			}
 			if ub := users.Bucket([]byte(t.UserID)); ub == nil || !hasKey(ub, k) {
 				report("token %d is not listed under its owner %q", id, t.UserID)
+			}
+			var lv []byte
+			if lb := live.Bucket([]byte(t.UserID)); lb != nil {
+				lv = lb.Get(k)
+			}
+			switch want := liveValue(&t); {
+			case !t.RevokedAt.IsZero():
+				if lv != nil {
+					report("token %d is revoked but listed as live", id)
+				}
+			case lv == nil:
+				if t.ExpiresAt.IsZero() {
+					report("token %d never expires but is not listed as live", id)
+				}
+			case !bytes.Equal(lv, want[:]):
+				report("token %d is listed as live with expiry %x, want %x", id, lv, want)
 			}
 			for _, h := range [][32]byte{t.SecretHash, t.PrevSecretHash} {
 				if h == zero {
@@ -75,19 +95,28 @@ func (s *Store) Verify() error {
 		if err != nil {
 			return err
 		}
-		return users.ForEachBucket(func(user []byte) error {
-			return users.Bucket(user).ForEach(func(k, _ []byte) error {
-				v := tokens.Get(k)
-				if len(k) != 8 || v == nil {
-					report("user %q lists missing token %x", user, k)
+		for _, index := range []struct {
+			name   string
+			bucket *bolt.Bucket
+		}{{"user", users}, {"live index of user", live}} {
+			err := index.bucket.ForEachBucket(func(user []byte) error {
+				return index.bucket.Bucket(user).ForEach(func(k, _ []byte) error {
+					v := tokens.Get(k)
+					if len(k) != 8 || v == nil {
+						report("%s %q lists missing token %x", index.name, user, k)
+						return nil
+					}
+					if t, err := decode(binary.BigEndian.Uint64(k), v); err == nil && t.UserID != string(user) {
+						report("%s %q lists token %d of %q", index.name, user, t.ID, t.UserID)
+					}
 					return nil
-				}
-				if t, err := decode(binary.BigEndian.Uint64(k), v); err == nil && t.UserID != string(user) {
-					report("user %q lists token %d of %q", user, t.ID, t.UserID)
-				}
-				return nil
+				})
 			})
-		})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return err

@@ -35,6 +35,30 @@ func TestVerify(t *testing.T) {
 			k := idKey(tok.ID + 1)
 			return tx.Bucket(bucketSecrets).Put(tok.SecretHash[:], k[:])
 		}},
+		{"live entry lost", func(tx *bolt.Tx, tok token.Token) error {
+			k := idKey(tok.ID)
+			return tx.Bucket(bucketLive).Bucket([]byte(tok.UserID)).Delete(k[:])
+		}},
+		{"live entry with another expiry", func(tx *bolt.Tx, tok token.Token) error {
+			k := idKey(tok.ID)
+			return tx.Bucket(bucketLive).Bucket([]byte(tok.UserID)).Put(k[:], []byte{0, 0, 0, 0, 0, 0, 0, 1})
+		}},
+		{"revoked token still live", func(tx *bolt.Tx, tok token.Token) error {
+			tok.RevokedAt = t0
+			return put(tx, &tok)
+		}},
+		{"live entry names a missing token", func(tx *bolt.Tx, tok token.Token) error {
+			k := idKey(tok.ID + 100)
+			return tx.Bucket(bucketLive).Bucket([]byte(tok.UserID)).Put(k[:], make([]byte, 8))
+		}},
+		{"live index lists another's token", func(tx *bolt.Tx, tok token.Token) error {
+			b, err := tx.Bucket(bucketLive).CreateBucketIfNotExists([]byte("mallory"))
+			if err != nil {
+				return err
+			}
+			k := idKey(tok.ID)
+			return b.Put(k[:], make([]byte, 8))
+		}},
 		{"owner lists another's token", func(tx *bolt.Tx, tok token.Token) error {
 			b, err := tx.Bucket(bucketUsers).CreateBucketIfNotExists([]byte("mallory"))
 			if err != nil {
