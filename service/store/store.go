@@ -32,6 +32,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -97,6 +98,9 @@ type Options struct {
 type Store struct {
 	db    *bolt.DB
 	cache *lookupCache
+	// closed is set by Close, so that a cached token is not answered for
+	// from memory once the file is closed.
+	closed atomic.Bool
 
 	checkMu  sync.Mutex
 	checking *writeCheck // the write check in flight, if any
@@ -290,18 +294,26 @@ func buildLive(tx *bolt.Tx) error {
 // comes back as it is, and a failure to begin the transaction (the file
 // closed or unreadable) is ErrUnavailable wrapping the cause.
 func (s *Store) view(fn func(*bolt.Tx) error) error {
-	return inTx(s.db.View, fn)
+	return inTx(s.db, false, fn)
 }
 
-// inTx runs fn in the transaction run (db.View or db.Update) makes: fn's
-// error comes back as it is, and any other error, from beginning or
-// committing the transaction, is ErrUnavailable wrapping it.
-func inTx(run func(func(*bolt.Tx) error) error, fn func(*bolt.Tx) error) error {
+// inTx runs fn in a transaction of db, writable or not: fn's error comes
+// back as it is, and any other error, from beginning or committing the
+// transaction, is ErrUnavailable wrapping it. (It calls db.View and
+// db.Update itself, rather than taking either as a func value, so that fn
+// does not escape: a cached Lookup allocates nothing.)
+func inTx(db *bolt.DB, writable bool, fn func(*bolt.Tx) error) error {
 	var fnErr error
-	err := run(func(tx *bolt.Tx) error {
+	body := func(tx *bolt.Tx) error {
 		fnErr = fn(tx)
 		return fnErr
-	})
+	}
+	var err error
+	if writable {
+		err = db.Update(body)
+	} else {
+		err = db.View(body)
+	}
 	if err != nil && fnErr == nil {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
@@ -327,7 +339,7 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 func (s *Store) updateThen(fn func(*bolt.Tx) error, after func()) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	err := inTx(s.db.Update, fn)
+	err := inTx(s.db, true, fn)
 	if err == nil {
 		if s.hookCommitted != nil {
 			s.hookCommitted()
@@ -389,8 +401,12 @@ func (s *Store) Size() int64 {
 	return n
 }
 
-// Close closes the database file.
-func (s *Store) Close() error { return s.db.Close() }
+// Close closes the database file. Every read and write after it is
+// ErrUnavailable, a lookup of a cached token included.
+func (s *Store) Close() error {
+	s.closed.Store(true)
+	return s.db.Close()
+}
 
 // CreateOptions govern Create.
 type CreateOptions struct {
@@ -697,7 +713,7 @@ func (s *Store) PurgeIdempotency(cutoff time.Time) (int, error) {
 // tokens at all is token.ErrUserNotFound.
 func (s *Store) GetForUser(user string, id uint64) (token.Token, error) {
 	var t token.Token
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketUsers).Bucket([]byte(user)) == nil {
 			return token.ErrUserNotFound
 		}
@@ -736,6 +752,9 @@ func get(tx *bolt.Tx, id uint64) (token.Token, error) {
 // period at time at, previous secret) hashes to h, in a read-only
 // transaction. It returns token.ErrNotFound for an unknown hash.
 func (s *Store) Lookup(h secret.Hash, at time.Time) (token.Token, error) {
+	if s.closed.Load() {
+		return token.Token{}, fmt.Errorf("%w: %w", ErrUnavailable, berrors.ErrDatabaseNotOpen)
+	}
 	t, ok, epoch := s.cache.get(h)
 	if ok {
 		if !matches(&t, h, at) {
@@ -743,7 +762,7 @@ func (s *Store) Lookup(h secret.Hash, at time.Time) (token.Token, error) {
 		}
 		return t, nil
 	}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		idv := tx.Bucket(bucketSecrets).Get(h[:])
 		if len(idv) != 8 {
 			return token.ErrNotFound
@@ -803,7 +822,7 @@ func (s *Store) ApplyUsage(batch uint64, deltas map[uint64]usage.Delta) error {
 // LastUsageBatch returns the number of the last usage batch applied.
 func (s *Store) LastUsageBatch() (uint64, error) {
 	var n uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketMeta).Get(keyBatch); len(v) == 8 {
 			n = binary.BigEndian.Uint64(v)
 		}
@@ -932,7 +951,7 @@ type Page struct {
 func (s *Store) ListPage(user string, p Page) ([]token.Token, uint64, error) {
 	var out []token.Token
 	var next uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		ub := tx.Bucket(bucketUsers).Bucket([]byte(user))
 		if ub == nil {
 			return token.ErrUserNotFound

@@ -950,7 +950,10 @@ func TestCloseTwice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, _ := create(t, s, "alice", "kept")
+	tok, h := create(t, s, "alice", "kept")
+	if _, err := s.Lookup(h, t0); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close = %v", err)
 	}
@@ -964,10 +967,13 @@ func TestCloseTwice(t *testing.T) {
 		"List":       func() error { _, err := s.List("alice"); return err },
 		"ListPage":   func() error { _, _, err := s.ListPage("alice", Page{Limit: 1}); return err },
 		"Lookup":     func() error { _, err := s.Lookup(unknown, t0); return err },
-		"Verify":     func() error { return s.Verify() },
+		// The token was cached by the Lookup before Close.
+		"Lookup of a cached token": func() error { _, err := s.Lookup(h, t0); return err },
+		"LastUsageBatch":           func() error { _, err := s.LastUsageBatch(); return err },
+		"Verify":                   func() error { return s.Verify() },
 	} {
-		if err := read(); err == nil {
-			t.Errorf("%s after Close = nil error, want one", name)
+		if err := read(); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("%s after Close = %v, want ErrUnavailable", name, err)
 		}
 	}
 	_ = s.Size() // must not panic

@@ -30,7 +30,7 @@ func (s *Store) Verify() error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		tokens, secrets, users, live := tx.Bucket(bucketTokens), tx.Bucket(bucketSecrets), tx.Bucket(bucketUsers), tx.Bucket(bucketLive)
 		var zero [32]byte
 		err := tokens.ForEach(func(k, v []byte) error {
