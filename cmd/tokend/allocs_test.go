@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -80,7 +79,7 @@ type discard struct{}
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 func restGet(h http.Handler, tok createdToken) int {
-	r := httptest.NewRequest(http.MethodGet, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), nil)
+	r := httptest.NewRequest(http.MethodGet, tokenPath(tok.ID), nil)
 	r.RemoteAddr = "127.0.0.1:40000"
 	r.Header.Set("Authorization", "Bearer "+tok.Secret)
 	w := httptest.NewRecorder()

@@ -123,7 +123,7 @@ func cliAssertNotExist(t *testing.T, path string) {
 // cliGetSelf fetches token id with its own secret over REST.
 func cliGetSelf(t *testing.T, s *testServer, id int64, secret string) (int, map[string]any) {
 	t.Helper()
-	resp, body := s.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", id), bearer(secret))
+	resp, body := s.get(t, tokenPath(id), bearer(secret))
 	if resp.StatusCode != http.StatusOK {
 		return resp.StatusCode, nil
 	}

@@ -165,7 +165,7 @@ func TestCrashKill9(t *testing.T) {
 			case <-stop:
 				return
 			case id := <-toRevoke:
-				status, body, err := restDo(hc, http.MethodDelete, api+"/"+strconv.FormatInt(id, 10), boot.Secret, nil)
+				status, body, err := restDo(hc, http.MethodDelete, "http://"+srv.http+tokenPath(id), boot.Secret, nil)
 				if err != nil || status != http.StatusNoContent {
 					fail("revoke %d: status %d, %v %s", id, status, err, body)
 					return
@@ -178,7 +178,7 @@ func TestCrashKill9(t *testing.T) {
 		seen := &workerSeen[w]
 		seen.token = w % nTokens
 		tok := readers[seen.token]
-		url := api + "/" + strconv.FormatInt(tok.ID, 10)
+		url := "http://" + srv.http + tokenPath(tok.ID)
 		wg.Go(func() {
 			for !stopped() {
 				status, body, err := restDo(hc, http.MethodGet, url, tok.Secret, nil)
@@ -313,7 +313,7 @@ func TestCrashKill9(t *testing.T) {
 	// 5. The killed server's file serves again, counting on from disk, and
 	// a graceful stop flushes.
 	srv2 := procStart(t, bin, db, crashServeFlags...)
-	status, body := procGet(t, srv2.http, fmt.Sprintf("/api/v1/me/tokens/%d", readers[0].ID), readers[0].Secret)
+	status, body := procGet(t, srv2.http, tokenPath(readers[0].ID), readers[0].Secret)
 	if status != http.StatusOK {
 		t.Fatalf("GET after restart: status %d, body %s", status, body)
 	}

@@ -77,7 +77,6 @@ func TestDiskFailure(t *testing.T) {
 	// its usage_count must be, in every answer and on disk at the end.
 	uses := map[int64]int64{}
 	const tokens = "/api/v1/me/tokens"
-	tokenPath := func(id int64) string { return fmt.Sprintf("%s/%d", tokens, id) }
 	send := func(method, path string, as createdToken, body any) (*http.Response, []byte) {
 		t.Helper()
 		uses[as.ID]++
@@ -263,11 +262,8 @@ func TestDiskFailure(t *testing.T) {
 	if ready, health := probes(); ready != http.StatusServiceUnavailable || health[0] != healthpb.HealthCheckResponse_NOT_SERVING || health[1] != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Errorf("while writes fail: /readyz %d, health %v; want 503, NOT_SERVING", ready, health)
 	}
-	select {
-	case err := <-srv.done:
-		srv.done <- err
+	if exited, err := srv.exited(); exited {
 		t.Fatalf("tokend serve died while writes failed: %v\nserver log:\n%s", err, srv.stderr)
-	default:
 	}
 	// The disk recovers.
 	if err := unix.Prlimit(pid, unix.RLIMIT_FSIZE, &was, nil); err != nil {
@@ -295,17 +291,13 @@ func TestDiskFailure(t *testing.T) {
 	// Every refused write's cause was logged once, under its trace
 	// id. (The log is complete only now: the server batches its writes.)
 	for _, id := range traceIDs {
-		lines := procLogLines(logs, "storage unavailable")
-		n := 0
+		lines := procTraceLines(logs, "storage unavailable", id)
 		for _, l := range lines {
-			if l["trace_id"] == id {
-				n++
-				if e, _ := l["error"].(string); !strings.Contains(e, "file too large") {
-					t.Errorf("trace %s: logged cause %q, want the EFBIG error", id, e)
-				}
+			if e, _ := l["error"].(string); !strings.Contains(e, "file too large") {
+				t.Errorf("trace %s: logged cause %q, want the EFBIG error", id, e)
 			}
 		}
-		if n != 1 {
+		if n := len(lines); n != 1 {
 			t.Errorf("trace %s: the cause was logged %d times, want once\nserver log:\n%s", id, n, logs)
 		}
 	}

@@ -244,7 +244,7 @@ func TestGRPCConcurrentUsageIsExact(t *testing.T) {
 	}
 	wg.Wait()
 	// REST and gRPC count into the same record.
-	_, body := s.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), bearer(tok.Secret))
+	_, body := s.get(t, tokenPath(tok.ID), bearer(tok.Secret))
 	if got := fmt.Sprint(decodeObject(t, body)["data"].(map[string]any)["usage_count"]); got != fmt.Sprint(n+1) {
 		t.Errorf("usage_count = %s, want %d", got, n+1)
 	}

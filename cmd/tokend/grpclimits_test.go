@@ -155,7 +155,7 @@ func TestCallDurationCapCannotBeLifted(t *testing.T) {
 		{bearer(tok.Secret)},
 		{bearer(tok.Secret), "Grpc-Timeout: 1H"},
 	} {
-		resp, body := s.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), headers...)
+		resp, body := s.get(t, tokenPath(tok.ID), headers...)
 		if resp.StatusCode != http.StatusGatewayTimeout || resp.Header.Get("Content-Type") != "application/problem+json" {
 			t.Errorf("REST GET %v: %d %s %s, want a 504 problem", headers[1:], resp.StatusCode, resp.Header.Get("Content-Type"), body)
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -211,6 +212,10 @@ func cli(t *testing.T, args ...string) (string, string, error) {
 }
 
 func bearer(secret string) string { return "Authorization: Bearer " + secret }
+
+// tokenPath is the REST path of the token with the given id; its actions
+// are below it (tokenPath(id)+"/rotate").
+func tokenPath(id int64) string { return fmt.Sprintf("/api/v1/me/tokens/%d", id) }
 
 // decodeObject parses a JSON object, keeping numbers as json.Number so
 // tests can tell 12 from "12".

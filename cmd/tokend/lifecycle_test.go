@@ -110,7 +110,7 @@ func restCreate(t *testing.T, s *testServer, secret, body string, headers ...str
 // restToken reads token id as the owner of secret, failing unless 200.
 func restToken(t *testing.T, s *testServer, secret string, id int64) map[string]any {
 	t.Helper()
-	resp, body := s.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", id), bearer(secret))
+	resp, body := s.get(t, tokenPath(id), bearer(secret))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET token %d: status %d, want 200; body %s", id, resp.StatusCode, body)
 	}
@@ -120,7 +120,7 @@ func restToken(t *testing.T, s *testServer, secret string, id int64) map[string]
 // restRevoke revokes token id as the owner of secret, failing unless 204.
 func restRevoke(t *testing.T, s *testServer, secret string, id int64) {
 	t.Helper()
-	resp, body := s.do(t, http.MethodDelete, fmt.Sprintf("/api/v1/me/tokens/%d", id), bearer(secret))
+	resp, body := s.do(t, http.MethodDelete, tokenPath(id), bearer(secret))
 	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("DELETE token %d: status %d, want 204; body %s", id, resp.StatusCode, body)
 	}
@@ -324,7 +324,7 @@ func TestLifecycleRESTCreate(t *testing.T) {
 		}
 		data := dataOf(t, body, withTokenKeys("secret"))
 		id := idOf(t, data)
-		if got, want := resp.Header.Get("Location"), fmt.Sprintf("/api/v1/me/tokens/%d", id); got != want {
+		if got, want := resp.Header.Get("Location"), tokenPath(id); got != want {
 			t.Errorf("Location = %q, want %q", got, want)
 		}
 		sec, _ := data["secret"].(string)
@@ -351,7 +351,7 @@ func TestLifecycleRESTCreate(t *testing.T) {
 		if got := restToken(t, s, alice.Secret, id); got["name"] != "x" || got["usage_count"] != json.Number("1") {
 			t.Errorf("owner reads name %v usage %v, want x, 1", got["name"], got["usage_count"])
 		}
-		resp, body = s.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", id), bearer(bob.Secret))
+		resp, body = s.get(t, tokenPath(id), bearer(bob.Secret))
 		wantProblem(t, resp, body, http.StatusNotFound)
 		if ids := allIDs(walk(t, s, bob.Secret, "")); slices.Contains(ids, id) {
 			t.Errorf("bob's list %v holds alice's new token %d", ids, id)
@@ -555,10 +555,10 @@ func TestLifecycleRESTServerLimits(t *testing.T) {
 		}, http.StatusRequestEntityTooLarge)
 		// The cap applies to every route with a body.
 		refused(t, func() (*http.Response, []byte) {
-			return s.sendChunked(t, http.MethodPatch, fmt.Sprintf("/api/v1/me/tokens/%d", alice.ID), jsonType, big, bearer(alice.Secret))
+			return s.sendChunked(t, http.MethodPatch, tokenPath(alice.ID), jsonType, big, bearer(alice.Secret))
 		}, http.StatusRequestEntityTooLarge)
 		refused(t, func() (*http.Response, []byte) {
-			return s.send(t, http.MethodPost, fmt.Sprintf("/api/v1/me/tokens/%d/rotate", alice.ID), jsonType, big, bearer(alice.Secret))
+			return s.send(t, http.MethodPost, tokenPath(alice.ID)+"/rotate", jsonType, big, bearer(alice.Secret))
 		}, http.StatusRequestEntityTooLarge)
 		if _, code := whoAmI(t, s, alice.Secret); code != 200 {
 			t.Errorf("alice's secret after refused rotate: status %d", code)
@@ -567,7 +567,7 @@ func TestLifecycleRESTServerLimits(t *testing.T) {
 
 	t.Run("grace beyond the maximum", func(t *testing.T) {
 		p := refused(t, func() (*http.Response, []byte) {
-			return s.send(t, http.MethodPost, fmt.Sprintf("/api/v1/me/tokens/%d/rotate", alice.ID), jsonType, []byte(`{"grace_period_seconds":120}`), bearer(alice.Secret))
+			return s.send(t, http.MethodPost, tokenPath(alice.ID)+"/rotate", jsonType, []byte(`{"grace_period_seconds":120}`), bearer(alice.Secret))
 		}, 400, "grace_period_seconds")
 		if d := fieldDetail(p, "grace_period_seconds"); !strings.Contains(d, "1m") {
 			t.Errorf("detail %q does not state the maximum", d)
@@ -924,7 +924,7 @@ func TestLifecycleRESTUpdate(t *testing.T) {
 	bob := createToken(t, s.db, "bob", "bootstrap")
 	tok := restCreate(t, s, alice.Secret, `{"name":"old","expires_in_seconds":3600}`)
 	id := idOf(t, tok)
-	path := fmt.Sprintf("/api/v1/me/tokens/%d", id)
+	path := tokenPath(id)
 
 	patch := func(body string, secret string) (*http.Response, []byte) {
 		return s.send(t, http.MethodPatch, path, jsonType, []byte(body), bearer(secret))
@@ -991,7 +991,7 @@ func TestLifecycleRESTUpdate(t *testing.T) {
 	t.Run("the new restriction applies to the next request", func(t *testing.T) {
 		mine := restCreate(t, s, alice.Secret, `{"name":"mine"}`)
 		sec, mid := mine["secret"].(string), idOf(t, mine)
-		mpath := fmt.Sprintf("/api/v1/me/tokens/%d", mid)
+		mpath := tokenPath(mid)
 		resp, body := s.send(t, http.MethodPatch, mpath, jsonType, []byte(`{"allowed_ips":["192.0.2.0/24"]}`), bearer(sec))
 		if resp.StatusCode != 200 {
 			t.Fatalf("status %d; body %s", resp.StatusCode, body)
@@ -1086,7 +1086,7 @@ func TestLifecycleRESTRevoke(t *testing.T) {
 	bob := createToken(t, s.db, "bob", "bootstrap")
 	victim := restCreate(t, s, alice.Secret, `{"name":"victim"}`)
 	vid, vsec := idOf(t, victim), victim["secret"].(string)
-	path := fmt.Sprintf("/api/v1/me/tokens/%d", vid)
+	path := tokenPath(vid)
 	if got, code := whoAmI(t, s, vsec); code != 200 || got != vid {
 		t.Fatalf("victim secret before revoke: status %d", code)
 	}
@@ -1120,7 +1120,7 @@ func TestLifecycleRESTRevoke(t *testing.T) {
 	t.Run("another user's token is 404 and stays active", func(t *testing.T) {
 		other := restCreate(t, s, alice.Secret, `{"name":"keep"}`)
 		oid := idOf(t, other)
-		resp, body := s.do(t, http.MethodDelete, fmt.Sprintf("/api/v1/me/tokens/%d", oid), bearer(bob.Secret))
+		resp, body := s.do(t, http.MethodDelete, tokenPath(oid), bearer(bob.Secret))
 		wantProblem(t, resp, body, http.StatusNotFound)
 		resp, body = s.do(t, http.MethodDelete, "/api/v1/me/tokens/999999", bearer(bob.Secret))
 		wantProblem(t, resp, body, http.StatusNotFound)
@@ -1132,14 +1132,14 @@ func TestLifecycleRESTRevoke(t *testing.T) {
 		}
 		resp, body = s.do(t, http.MethodDelete, "/api/v1/me/tokens/0", bearer(alice.Secret))
 		wantProblem(t, resp, body, http.StatusBadRequest)
-		resp, body = s.do(t, http.MethodDelete, fmt.Sprintf("/api/v1/me/tokens/%d", oid))
+		resp, body = s.do(t, http.MethodDelete, tokenPath(oid))
 		wantProblem(t, resp, body, http.StatusUnauthorized)
 	})
 
 	t.Run("a token can revoke itself", func(t *testing.T) {
 		self := restCreate(t, s, alice.Secret, `{"name":"self"}`)
 		sec := self["secret"].(string)
-		resp, body := s.do(t, http.MethodDelete, fmt.Sprintf("/api/v1/me/tokens/%d", idOf(t, self)), bearer(sec))
+		resp, body := s.do(t, http.MethodDelete, tokenPath(idOf(t, self)), bearer(sec))
 		if resp.StatusCode != http.StatusNoContent {
 			t.Fatalf("self-revoke: status %d; body %s", resp.StatusCode, body)
 		}
@@ -1157,7 +1157,7 @@ func TestLifecycleRESTRotate(t *testing.T) {
 	rotateKeys := withTokenKeys("secret", "previous_secret_expires_at")
 	rotate := func(t *testing.T, secret string, id int64, ct string, body []byte) (*http.Response, []byte) {
 		t.Helper()
-		return s.send(t, http.MethodPost, fmt.Sprintf("/api/v1/me/tokens/%d/rotate", id), ct, body, bearer(secret))
+		return s.send(t, http.MethodPost, tokenPath(id)+"/rotate", ct, body, bearer(secret))
 	}
 
 	t.Run("no grace: the old secret stops at once", func(t *testing.T) {
@@ -1271,7 +1271,7 @@ func TestLifecycleRESTRotate(t *testing.T) {
 				if tc.secret != "" {
 					headers = append(headers, bearer(tc.secret))
 				}
-				resp, body := s.send(t, http.MethodPost, fmt.Sprintf("/api/v1/me/tokens/%d/rotate", tc.id), tc.ct, []byte(tc.body), headers...)
+				resp, body := s.send(t, http.MethodPost, tokenPath(tc.id)+"/rotate", tc.ct, []byte(tc.body), headers...)
 				wantProblem(t, resp, body, tc.status, tc.fields...)
 				if after := snapshot(t, s, alice.Secret); after != before {
 					t.Errorf("refused rotation changed alice's tokens")

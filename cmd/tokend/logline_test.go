@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -19,7 +18,7 @@ import (
 func TestRequestLogLine(t *testing.T) {
 	s := startServer(t, "")
 	tok := createToken(t, s.db, "alice", "logged")
-	path := fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID)
+	path := tokenPath(tok.ID)
 	const (
 		okTrace     = "11111111111111111111111111111111"
 		failedTrace = "22222222222222222222222222222222"
@@ -41,14 +40,9 @@ func TestRequestLogLine(t *testing.T) {
 	if err := s.stop(); err != nil { // flushes the buffered log
 		t.Fatal(err)
 	}
-	lines := procLogLines(s.logs.String(), "request")
+	logs := s.logs.String()
 	only := func(trace string) map[string]any {
-		var got []map[string]any
-		for _, l := range lines {
-			if l["trace_id"] == trace {
-				got = append(got, l)
-			}
-		}
+		got := procTraceLines(logs, "request", trace)
 		if len(got) != 1 {
 			t.Fatalf("trace %s: %d request lines, want exactly 1:\n%v", trace, len(got), got)
 		}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -93,7 +92,7 @@ func TestMetrics(t *testing.T) {
 	srv := startServer(t, "", "--metrics-addr", "127.0.0.1:0", "--auth-failure-limit", "3", "--usage-flush-interval", "20ms")
 	good := createToken(t, srv.db, "alice", "ci")
 	fenced := createToken(t, srv.db, "alice", "fenced", "--allowed-ip", "203.0.113.0/24")
-	path := fmt.Sprintf("/api/v1/me/tokens/%d", good.ID)
+	path := tokenPath(good.ID)
 	gc := srv.grpcClient()
 	call := func(secret string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

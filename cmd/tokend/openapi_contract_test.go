@@ -68,7 +68,7 @@ func TestRESTContractEveryOperation(t *testing.T) {
 	expect("POST create", resp, body, 201)
 	created := dataOf(body)
 	id := int64(created["id"].(float64))
-	if got, want := resp.Header.Get("Location"), fmt.Sprintf("/api/v1/me/tokens/%d", id); got != want {
+	if got, want := resp.Header.Get("Location"), tokenPath(id); got != want {
 		t.Errorf("Location = %q, want %q", got, want)
 	}
 	resp, body = contractCall(t, s, http.MethodPost, "/api/v1/me/tokens", create, auth, "Idempotency-Key: "+key)
@@ -129,44 +129,44 @@ func TestRESTContractEveryOperation(t *testing.T) {
 	expect("GET list without a token", resp, body, 401)
 
 	// getToken
-	tokenPath := fmt.Sprintf("/api/v1/me/tokens/%d", id)
-	resp, body = contractCall(t, s, http.MethodGet, tokenPath, nil, auth)
+	path := tokenPath(id)
+	resp, body = contractCall(t, s, http.MethodGet, path, nil, auth)
 	expect("GET token", resp, body, 200)
 
 	// updateToken
-	resp, body = contractCall(t, s, http.MethodPatch, tokenPath, []byte(`{"name":"renamed"}`), auth)
+	resp, body = contractCall(t, s, http.MethodPatch, path, []byte(`{"name":"renamed"}`), auth)
 	expect("PATCH name", resp, body, 200)
-	resp, body = contractCall(t, s, http.MethodPatch, tokenPath, []byte(`{"allowed_ips":null}`), auth)
+	resp, body = contractCall(t, s, http.MethodPatch, path, []byte(`{"allowed_ips":null}`), auth)
 	expect("PATCH allowed_ips null", resp, body, 200)
 	if ips, present := dataOf(body)["allowed_ips"]; !present || ips != nil {
 		t.Errorf("after PATCH allowed_ips null: allowed_ips = %v", ips)
 	}
-	resp, body = contractCall(t, s, http.MethodPatch, tokenPath, []byte(`{"name":"both","allowed_ips":["127.0.0.1","192.0.2.0/24"]}`), auth)
+	resp, body = contractCall(t, s, http.MethodPatch, path, []byte(`{"name":"both","allowed_ips":["127.0.0.1","192.0.2.0/24"]}`), auth)
 	expect("PATCH both", resp, body, 200)
-	resp, body = contractCall(t, s, http.MethodPatch, tokenPath, []byte(`{}`), auth)
+	resp, body = contractCall(t, s, http.MethodPatch, path, []byte(`{}`), auth)
 	expect("PATCH nothing", resp, body, 400)
-	resp, body = contractCall(t, s, http.MethodPatch, tokenPath, []byte(`{"name":"x"}`), auth, "Content-Type: text/plain")
+	resp, body = contractCall(t, s, http.MethodPatch, path, []byte(`{"name":"x"}`), auth, "Content-Type: text/plain")
 	expect("PATCH as text/plain", resp, body, 415)
 	resp, body = contractCall(t, s, http.MethodPatch, "/api/v1/me/tokens/999999", []byte(`{"name":"x"}`), auth)
 	expect("PATCH missing token", resp, body, 404)
 
 	// rotateToken, without and with a body
-	resp, body = contractCall(t, s, http.MethodPost, tokenPath+"/rotate", nil, auth)
+	resp, body = contractCall(t, s, http.MethodPost, path+"/rotate", nil, auth)
 	expect("POST rotate", resp, body, 200)
-	resp, body = contractCall(t, s, http.MethodPost, tokenPath+"/rotate", []byte(`{"grace_period_seconds":60}`), auth)
+	resp, body = contractCall(t, s, http.MethodPost, path+"/rotate", []byte(`{"grace_period_seconds":60}`), auth)
 	expect("POST rotate with grace", resp, body, 200)
 	rotated := dataOf(body)
 	resp, body = contractCall(t, s, http.MethodGet, "/api/v1/me/tokens/current", nil, bearer(rotated["secret"].(string)))
 	expect("GET current with the new secret", resp, body, 200)
-	resp, body = contractCall(t, s, http.MethodPost, tokenPath+"/rotate", []byte(`{"grace_period_seconds":-1}`), auth)
+	resp, body = contractCall(t, s, http.MethodPost, path+"/rotate", []byte(`{"grace_period_seconds":-1}`), auth)
 	expect("POST rotate, negative grace", resp, body, 400)
 	resp, body = contractCall(t, s, http.MethodPost, "/api/v1/me/tokens/999999/rotate", nil, auth)
 	expect("POST rotate missing token", resp, body, 404)
 
 	// revokeToken: 204, idempotent
-	resp, body = contractCall(t, s, http.MethodDelete, tokenPath, nil, auth)
+	resp, body = contractCall(t, s, http.MethodDelete, path, nil, auth)
 	expect("DELETE", resp, body, 204)
-	resp, body = contractCall(t, s, http.MethodDelete, tokenPath, nil, auth)
+	resp, body = contractCall(t, s, http.MethodDelete, path, nil, auth)
 	expect("DELETE again", resp, body, 204)
 	resp, body = contractCall(t, s, http.MethodDelete, "/api/v1/me/tokens/999999", nil, auth)
 	expect("DELETE missing token", resp, body, 404)

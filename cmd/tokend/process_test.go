@@ -78,44 +78,59 @@ type child struct {
 	logText func() string
 }
 
-// startChild starts `tokend serve` on db with its log going to logw, kills
-// it when the test ends if it is still running, and waits for its "tokend
-// listening" line, which listening looks for in what was logged so far.
-// It returns the line, from which callers learn the bound addresses.
-func startChild(t *testing.T, bin, db string, logw io.Writer, listening func() (map[string]any, bool), logText func() string, extra ...string) (*child, map[string]any) {
+// childLog is where a child's log goes and how a test reads it back.
+type childLog struct {
+	w io.Writer // takes the child's stderr
+	// listening looks for the "tokend listening" line in what was logged
+	// so far.
+	listening func() (map[string]any, bool)
+	// text renders what the child has logged, for failure messages.
+	text func() string
+}
+
+// startChild starts `tokend serve` on db with its log going to log.w,
+// kills it when the test ends if it is still running, and waits for its
+// "tokend listening" line, which log.listening looks for. It returns the
+// line, from which callers learn the bound addresses.
+func startChild(t *testing.T, bin, db string, log childLog, extra ...string) (*child, map[string]any) {
 	t.Helper()
-	c := &child{done: make(chan error, 1), logText: logText}
+	c := &child{done: make(chan error, 1), logText: log.text}
 	args := append([]string{"serve", "--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"}, extra...)
 	c.cmd = exec.Command(bin, args...)
 	c.cmd.Env = testutil.ChildEnv()
-	c.cmd.Stderr = logw
+	c.cmd.Stderr = log.w
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { c.done <- c.cmd.Wait() }()
 	t.Cleanup(func() {
-		select {
-		case err := <-c.done:
-			c.done <- err
-		default:
+		if exited, _ := c.exited(); !exited {
 			_ = c.cmd.Process.Kill()
 			<-c.done
 		}
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if line, ok := listening(); ok {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if line, ok := log.listening(); ok {
 			return c, line
 		}
-		select {
-		case err := <-c.done:
-			c.done <- err
-			t.Fatalf("tokend serve exited before listening: %v\nlog:\n%s", err, logText())
-		case <-time.After(20 * time.Millisecond):
+		if exited, err := c.exited(); exited {
+			t.Fatalf("tokend serve exited before listening: %v\nlog:\n%s", err, log.text())
 		}
 	}
-	t.Fatalf("tokend serve did not log \"tokend listening\" within 10s\nlog:\n%s", logText())
+	t.Fatalf("tokend serve did not log \"tokend listening\" within 10s\nlog:\n%s", log.text())
 	return nil, nil
+}
+
+// exited reports, without waiting, whether the process has exited, and if
+// so the error Wait returned.
+func (c *child) exited() (bool, error) {
+	select {
+	case err := <-c.done:
+		c.done <- err
+		return true, err
+	default:
+		return false, nil
+	}
 }
 
 // wait waits up to d for the process to exit and returns its exit code.
@@ -149,9 +164,11 @@ type procServer struct {
 func procStart(t *testing.T, bin, db string, extra ...string) *procServer {
 	t.Helper()
 	p := &procServer{stderr: &testutil.SyncBuffer{}}
-	c, line := startChild(t, bin, db, p.stderr,
-		func() (map[string]any, bool) { return procLogLine(p.stderr.String(), "tokend listening") },
-		p.stderr.String, extra...)
+	c, line := startChild(t, bin, db, childLog{
+		w:         p.stderr,
+		listening: func() (map[string]any, bool) { return procLogLine(p.stderr.String(), "tokend listening") },
+		text:      p.stderr.String,
+	}, extra...)
 	p.child = c
 	p.http, _ = line["http"].(string)
 	p.grpc, _ = line["grpc"].(string)
@@ -168,6 +185,18 @@ func procLogLines(logs, msg string) []map[string]any {
 		var m map[string]any
 		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == msg {
 			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// procTraceLines returns every JSON log line with the given msg and
+// trace_id.
+func procTraceLines(logs, msg, trace string) []map[string]any {
+	var out []map[string]any
+	for _, l := range procLogLines(logs, msg) {
+		if l["trace_id"] == trace {
+			out = append(out, l)
 		}
 	}
 	return out
@@ -250,7 +279,7 @@ func TestProcess(t *testing.T) {
 		t.Errorf("created token status %q", tok.Status)
 	}
 
-	status, body := procGet(t, srv.http, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), tok.Secret)
+	status, body := procGet(t, srv.http, tokenPath(tok.ID), tok.Secret)
 	if status != http.StatusOK {
 		t.Fatalf("GET own token: status %d, body %s", status, body)
 	}
@@ -265,7 +294,7 @@ func TestProcess(t *testing.T) {
 	}
 	// A wrong secret, which must not be logged either.
 	wrong := mustSecret(t)
-	if status, body := procGet(t, srv.http, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), wrong); status != http.StatusUnauthorized {
+	if status, body := procGet(t, srv.http, tokenPath(tok.ID), wrong); status != http.StatusUnauthorized {
 		t.Errorf("GET with an unknown secret: status %d, body %s", status, body)
 	}
 	// The gRPC address it logged serves too.
@@ -294,7 +323,7 @@ func TestProcess(t *testing.T) {
 			t.Errorf("second serve stderr lacks \"in use\":\n%s", second.stderr)
 		}
 		// The first one still answers.
-		if status, _ := procGet(t, srv.http, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), tok.Secret); status != http.StatusOK {
+		if status, _ := procGet(t, srv.http, tokenPath(tok.ID), tok.Secret); status != http.StatusOK {
 			t.Errorf("first server after the refused second: status %d", status)
 		}
 	})

@@ -55,7 +55,7 @@ func TestRESTGetToken(t *testing.T) {
 	s := f.s
 
 	t.Run("seed shape and JSON types", func(t *testing.T) {
-		resp, body := s.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", f.unused.ID), bearer(f.active.Secret))
+		resp, body := s.get(t, tokenPath(f.unused.ID), bearer(f.active.Secret))
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("status = %d, want 200; body %s", resp.StatusCode, body)
 		}
@@ -100,7 +100,7 @@ func TestRESTGetToken(t *testing.T) {
 	})
 
 	t.Run("timestamps, allowed_ips and self-read counts this request", func(t *testing.T) {
-		path := fmt.Sprintf("/api/v1/me/tokens/%d", f.loopbackOnly.ID)
+		path := tokenPath(f.loopbackOnly.ID)
 		for want := 1; want <= 2; want++ {
 			resp, body := s.get(t, path, bearer(f.loopbackOnly.Secret))
 			if resp.StatusCode != http.StatusOK {
@@ -117,12 +117,12 @@ func TestRESTGetToken(t *testing.T) {
 				t.Errorf("allowed_ips = %#v, want [127.0.0.1]", got)
 			}
 		}
-		resp, body := s.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", f.restricted.ID), bearer(f.active.Secret))
+		resp, body := s.get(t, tokenPath(f.restricted.ID), bearer(f.active.Secret))
 		data := decodeObject(t, body)["data"].(map[string]any)
 		if resp.StatusCode != 200 || !reflect.DeepEqual(data["allowed_ips"], []any{"10.0.0.0/8", "2001:db8::/32"}) {
 			t.Errorf("restricted token: status %d, allowed_ips = %#v, want canonical [10.0.0.0/8 2001:db8::/32]", resp.StatusCode, data["allowed_ips"])
 		}
-		resp, body = s.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", f.expiresLater.ID), bearer(f.active.Secret))
+		resp, body = s.get(t, tokenPath(f.expiresLater.ID), bearer(f.active.Secret))
 		data = decodeObject(t, body)["data"].(map[string]any)
 		exp, _ := data["expires_at"].(string)
 		if resp.StatusCode != 200 || !rfc3339Seconds.MatchString(exp) {
@@ -140,7 +140,7 @@ func TestRESTGetToken(t *testing.T) {
 		}{
 			{f.active, "active"}, {f.expired, "expired"}, {f.revoked, "revoked"}, {f.expiresLater, "active"},
 		} {
-			resp, body := s.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", tc.tok.ID), bearer(f.active.Secret))
+			resp, body := s.get(t, tokenPath(tc.tok.ID), bearer(f.active.Secret))
 			if resp.StatusCode != 200 {
 				t.Fatalf("token %d: status %d", tc.tok.ID, resp.StatusCode)
 			}
@@ -151,7 +151,7 @@ func TestRESTGetToken(t *testing.T) {
 	})
 
 	t.Run("another user's token is the same 404 as a missing one", func(t *testing.T) {
-		respBob, bodyBob := s.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", f.bob.ID), bearer(f.active.Secret))
+		respBob, bodyBob := s.get(t, tokenPath(f.bob.ID), bearer(f.active.Secret))
 		respNone, bodyNone := s.get(t, "/api/v1/me/tokens/999999", bearer(f.active.Secret))
 		if respBob.StatusCode != 404 || respNone.StatusCode != 404 {
 			t.Fatalf("statuses = %d, %d; want 404, 404", respBob.StatusCode, respNone.StatusCode)
@@ -227,7 +227,7 @@ func TestRESTGetToken(t *testing.T) {
 func TestRESTAuthentication(t *testing.T) {
 	f := newFixture(t)
 	s := f.s
-	path := fmt.Sprintf("/api/v1/me/tokens/%d", f.active.ID)
+	path := tokenPath(f.active.ID)
 	flipped := []byte(f.active.Secret)
 	flipped[10] ^= 1 // still alphanumeric, checksum now wrong
 
@@ -282,7 +282,7 @@ func TestRESTAuthentication(t *testing.T) {
 
 	t.Run("failed attempts count nothing", func(t *testing.T) {
 		for _, tok := range []createdToken{f.restricted, f.revoked, f.expired} {
-			resp, body := s.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), bearer(f.active.Secret))
+			resp, body := s.get(t, tokenPath(tok.ID), bearer(f.active.Secret))
 			data := decodeObject(t, body)["data"].(map[string]any)
 			if resp.StatusCode != 200 || data["usage_count"] != json.Number("0") || data["last_used_at"] != nil {
 				t.Errorf("token %d after refused attempts: usage_count %v, last_used_at %v; want 0, null", tok.ID, data["usage_count"], data["last_used_at"])
@@ -294,7 +294,7 @@ func TestRESTAuthentication(t *testing.T) {
 func TestRESTTrustedProxy(t *testing.T) {
 	f := newFixture(t, "--trusted-proxy", "127.0.0.0/8")
 	s := f.s
-	path := fmt.Sprintf("/api/v1/me/tokens/%d", f.restricted.ID)
+	path := tokenPath(f.restricted.ID)
 	for _, tc := range []struct {
 		xff  []string
 		want int
@@ -323,7 +323,7 @@ func TestRESTTrustedProxy(t *testing.T) {
 func TestRESTConcurrentUsageIsExact(t *testing.T) {
 	s := startServer(t, "")
 	tok := createToken(t, s.db, "carol", "parallel")
-	path := fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID)
+	path := tokenPath(tok.ID)
 	const n = 40
 	var wg sync.WaitGroup
 	errs := make(chan string, n)
@@ -355,7 +355,7 @@ func TestRESTLogsNoSecrets(t *testing.T) {
 	s := f.s
 	secrets := []createdToken{f.active, f.unused, f.revoked, f.expired, f.bob, f.restricted, f.loopbackOnly, f.expiresLater}
 	for _, tok := range secrets {
-		s.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), bearer(tok.Secret))
+		s.get(t, tokenPath(tok.ID), bearer(tok.Secret))
 		s.get(t, "/api/v1/me/tokens/abc", bearer(tok.Secret))
 	}
 	logs := s.logs.String()
@@ -453,7 +453,7 @@ func TestRESTProbesNeedNoToken(t *testing.T) {
 func TestRESTFailedAuthenticationsAreThrottled(t *testing.T) {
 	s := startServer(t, "", "--trusted-proxy", "127.0.0.0/8", "--auth-failure-limit", "5", "--auth-failure-window", "1m")
 	good := createToken(t, s.db, "alice", "good")
-	path := fmt.Sprintf("/api/v1/me/tokens/%d", good.ID)
+	path := tokenPath(good.ID)
 	attacker := "X-Forwarded-For: 198.51.100.66"
 	for i := range 5 {
 		resp, body := s.get(t, path, bearer(mustSecret(t)), attacker)

@@ -198,7 +198,7 @@ func TestSoak(t *testing.T) {
 	// included.
 	uses := make([]int64, len(s.own))
 	for i, tok := range s.own {
-		status, body := procGet(t, srv.http, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), tok.Secret)
+		status, body := procGet(t, srv.http, tokenPath(tok.ID), tok.Secret)
 		uses[i] = s.uses[i].Load() + 1
 		var got struct {
 			Data struct {
@@ -316,7 +316,7 @@ func soakSetup(t *testing.T, db, httpAddr string, hc *http.Client) *soakRun {
 	s.own = append(s.own, restCreate(`{"name":"soak loopback","allowed_ips":["127.0.0.1"]}`))
 	for i := range 2 {
 		tok := restCreate(fmt.Sprintf(`{"name":"soak revoked %d"}`, i))
-		status, b, err := restDo(hc, http.MethodDelete, api+"/"+strconv.FormatInt(tok.ID, 10), s.boot.Secret, nil)
+		status, b, err := restDo(hc, http.MethodDelete, "http://"+httpAddr+tokenPath(tok.ID), s.boot.Secret, nil)
 		s.bootUses++
 		if status != http.StatusNoContent || err != nil {
 			t.Fatalf("revoke %d: status %d, %v: %s", tok.ID, status, err, b)
@@ -446,7 +446,7 @@ func (s *soakRun) target(w *soakWorker, kind soakKind) (id int64, cred string) {
 
 func (s *soakRun) rest(w *soakWorker, kind soakKind) {
 	id, cred := s.target(w, kind)
-	path := "/api/v1/me/tokens/" + strconv.FormatInt(id, 10)
+	path := tokenPath(id)
 	if kind == soakList {
 		path = "/api/v1/me/tokens?limit=5"
 	}
@@ -737,9 +737,11 @@ type soakServer struct {
 func soakStart(t *testing.T, bin, db string, extra ...string) *soakServer {
 	t.Helper()
 	p := &soakServer{log: &soakLog{}}
-	c, line := startChild(t, bin, db, p.log,
-		func() (map[string]any, bool) { l := p.log.listeningLine(); return l, l != nil },
-		p.log.tailText, extra...)
+	c, line := startChild(t, bin, db, childLog{
+		w:         p.log,
+		listening: func() (map[string]any, bool) { l := p.log.listeningLine(); return l, l != nil },
+		text:      p.log.tailText,
+	}, extra...)
 	p.child = c
 	p.http, _ = line["http"].(string)
 	p.grpc, _ = line["grpc"].(string)

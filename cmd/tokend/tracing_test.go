@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -125,7 +124,7 @@ func TestTracing(t *testing.T) {
 			endpoint := tc.start(t, col)
 			srv := startServer(t, "", "--otlp-endpoint", endpoint, "--otlp-protocol", tc.protocol)
 			tok := createToken(t, srv.db, "alice", "ci")
-			path := fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID)
+			path := tokenPath(tok.ID)
 
 			const (
 				restTrace    = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -218,7 +217,7 @@ func TestTracingOffByDefault(t *testing.T) {
 	srv := startServer(t, "")
 	tok := createToken(t, srv.db, "alice", "ci")
 	const trace = "4bf92f3577b34da6a3ce929d0e0e4736"
-	resp, _ := srv.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), bearer(tok.Secret), "Traceparent: 00-"+trace+"-00f067aa0ba902b7-01")
+	resp, _ := srv.get(t, tokenPath(tok.ID), bearer(tok.Secret), "Traceparent: 00-"+trace+"-00f067aa0ba902b7-01")
 	if resp.Header.Get("X-Trace-Id") != trace {
 		t.Errorf("X-Trace-Id = %q, want %s", resp.Header.Get("X-Trace-Id"), trace)
 	}
@@ -235,7 +234,7 @@ func TestTracingIgnoresClientSampling(t *testing.T) {
 	srv := startServer(t, "", "--otlp-endpoint", startGRPCCollector(t, col), "--trace-sample-ratio", "0")
 	tok := createToken(t, srv.db, "alice", "ci")
 	const trace = "4bf92f3577b34da6a3ce929d0e0e4736"
-	resp, _ := srv.get(t, fmt.Sprintf("/api/v1/me/tokens/%d", tok.ID), bearer(tok.Secret), "Traceparent: 00-"+trace+"-00f067aa0ba902b7-01")
+	resp, _ := srv.get(t, tokenPath(tok.ID), bearer(tok.Secret), "Traceparent: 00-"+trace+"-00f067aa0ba902b7-01")
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Trace-Id") != trace {
 		t.Fatalf("REST GET: %d, X-Trace-Id %q, want 200 and %s", resp.StatusCode, resp.Header.Get("X-Trace-Id"), trace)
 	}
