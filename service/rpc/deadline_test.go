@@ -75,48 +75,49 @@ func TestCapDeadlineDone(t *testing.T) {
 	}
 }
 
-// TestCapDeadlineParentEnds checks that the parent's cancellation shows
-// through, with and without a timer context.
-func TestCapDeadlineParentEnds(t *testing.T) {
-	for _, done := range []bool{false, true} {
-		parent, cancel := context.WithCancel(context.Background())
-		c := capDeadline(parent, time.Hour)
-		if done {
-			_ = c.Done()
-		}
-		cancel()
-		if done {
-			select {
-			case <-c.Done():
-			case <-time.After(5 * time.Second):
-				t.Fatal("Done not closed after the parent was canceled")
+// TestCapDeadlineEnds checks that a capped context ends, Canceled, when
+// its parent is canceled or the call ends (release, as a
+// context.WithTimeout's cancel does), whether Done was asked for before
+// the end or only after.
+func TestCapDeadlineEnds(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// start returns a capped context and what ends it.
+		start func() (c *cappedContext, end func())
+	}{
+		{"parent canceled", func() (*cappedContext, func()) {
+			parent, cancel := context.WithCancel(context.Background())
+			return capDeadline(parent, time.Hour), cancel
+		}},
+		{"released", func() (*cappedContext, func()) {
+			c := capDeadline(context.Background(), time.Hour)
+			return c, c.release
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, early := range []bool{false, true} {
+				when := "after"
+				if early {
+					when = "before"
+				}
+				t.Run("Done asked "+when, func(t *testing.T) {
+					c, end := tc.start()
+					defer c.release()
+					if early {
+						_ = c.Done()
+					}
+					end()
+					if err := c.Err(); !errors.Is(err, context.Canceled) {
+						t.Errorf("Err() after the end = %v, want Canceled", err)
+					}
+					select {
+					case <-c.Done():
+					case <-time.After(5 * time.Second):
+						t.Fatal("Done not closed after the end")
+					}
+				})
 			}
-		}
-		if err := c.Err(); !errors.Is(err, context.Canceled) {
-			t.Errorf("Done asked: %v: Err() after the parent's cancel = %v, want Canceled", done, err)
-		}
-		c.release()
-	}
-}
-
-// TestCapDeadlineRelease checks that a call's context ends with the call,
-// as a context.WithTimeout's does when its cancel runs, whether Done was
-// asked for before the end or only after.
-func TestCapDeadlineRelease(t *testing.T) {
-	for _, early := range []bool{false, true} {
-		c := capDeadline(context.Background(), time.Hour)
-		if early {
-			_ = c.Done()
-		}
-		c.release()
-		if err := c.Err(); !errors.Is(err, context.Canceled) {
-			t.Errorf("Done asked before release: %v: Err() after release = %v, want Canceled", early, err)
-		}
-		select {
-		case <-c.Done():
-		case <-time.After(5 * time.Second):
-			t.Fatalf("Done asked before release: %v: Done not closed after release", early)
-		}
+		})
 	}
 }
 

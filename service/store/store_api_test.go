@@ -19,7 +19,6 @@ import (
 
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/token"
-	"github.com/tokend/tokend/service/usage"
 )
 
 // Store-level tests of the parts of the API that were covered only end to
@@ -526,8 +525,10 @@ func dirEntries(t *testing.T, dir string) []string {
 // pageAll reads every page of user's tokens with p's limit and filter,
 // checking each page's shape (at most Limit tokens; full unless it is the
 // last; the cursor is the page's last id, and 0 on the last page, so no
-// empty page follows), and returns the tokens in page order.
-func pageAll(t *testing.T, s *Store, user string, p Page) []token.Token {
+// empty page follows), and returns the tokens in page order. If onPage is
+// not nil, it is called with each page and its cursor as soon as the page
+// is read, before the next one is.
+func pageAll(t *testing.T, s *Store, user string, p Page, onPage func(ts []token.Token, next uint64)) []token.Token {
 	t.Helper()
 	var all []token.Token
 	p.Before = 0
@@ -546,6 +547,9 @@ func pageAll(t *testing.T, s *Store, user string, p Page) []token.Token {
 			t.Errorf("page %d is empty: the cursor of page %d should have been 0", page, page-1)
 		}
 		all = append(all, ts...)
+		if onPage != nil {
+			onPage(ts, next)
+		}
 		if next == 0 {
 			return all
 		}
@@ -578,7 +582,7 @@ func TestListPagePaging(t *testing.T) {
 	}
 	for _, limit := range []int{1, 2, 3, 6, 7, 8, 100, 0} {
 		t.Run(fmt.Sprint("limit ", limit), func(t *testing.T) {
-			got := pageAll(t, s, "alice", Page{Limit: limit})
+			got := pageAll(t, s, "alice", Page{Limit: limit}, nil)
 			// Every token exactly once, newest first, none of bob's.
 			assertSameTokens(t, "pages", got, all)
 		})
@@ -594,18 +598,9 @@ func TestListPagePaging(t *testing.T) {
 			{0, []int{7}},
 		} {
 			var sizes []int
-			p := Page{Limit: tc.limit}
-			for {
-				ts, next, err := s.ListPage("alice", p)
-				if err != nil {
-					t.Fatal(err)
-				}
+			pageAll(t, s, "alice", Page{Limit: tc.limit}, func(ts []token.Token, _ uint64) {
 				sizes = append(sizes, len(ts))
-				if next == 0 || len(sizes) > 10 {
-					break
-				}
-				p.Before = next
-			}
+			})
 			if !slices.Equal(sizes, tc.want) {
 				t.Errorf("limit %d: page sizes %v, want %v", tc.limit, sizes, tc.want)
 			}
@@ -624,26 +619,20 @@ func TestListPageStableWhileCreating(t *testing.T) {
 	}
 	orig := listAll(t, s, "alice")
 
-	var got []token.Token
 	var created []uint64
-	p := Page{Limit: 2}
-	for page := 0; ; page++ {
-		ts, next, err := s.ListPage("alice", p)
-		if err != nil {
-			t.Fatal(err)
+	page := 0
+	got := pageAll(t, s, "alice", Page{Limit: 2}, func(_ []token.Token, next uint64) {
+		if next == 0 {
+			return
 		}
-		got = append(got, ts...)
-		if next == 0 || page > 10 {
-			break
-		}
-		p.Before = next
 		// Others create tokens between page reads, alice among them.
 		for i := range page + 1 {
 			n, _ := create(t, s, "alice", fmt.Sprint("new", page, i))
 			created = append(created, n.ID)
 			create(t, s, "bob", fmt.Sprint("b", page, i))
 		}
-	}
+		page++
+	})
 	assertSameTokens(t, "pages read while creating", got, orig)
 
 	first, _, err := s.ListPage("alice", Page{Limit: 1})
@@ -702,7 +691,7 @@ func TestListPageStatusFilter(t *testing.T) {
 					}
 					return tk.Status(now) == st
 				}
-				got := pageAll(t, s, "alice", Page{Limit: limit, Keep: keep})
+				got := pageAll(t, s, "alice", Page{Limit: limit, Keep: keep}, nil)
 				if ids := tokenIDs(got); !slices.Equal(ids, want[st]) {
 					t.Errorf("%s tokens = %v, want %v", st, ids, want[st])
 				}
@@ -823,86 +812,7 @@ func TestLookupCacheDisabled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	tok, h := create(t, s, "alice", "a")
-	at := t0.Add(time.Minute)
-	var h2, h3 secret.Hash
-	h2[0], h3[0] = 2, 3
-	until := at.Add(time.Hour)
-
-	type lookup struct {
-		h    secret.Hash
-		at   time.Time
-		want func(token.Token) bool // nil: not found
-	}
-	steps := []struct {
-		name    string
-		write   func() error
-		lookups []lookup
-	}{
-		{"created", func() error { return nil }, []lookup{
-			{h, at, func(g token.Token) bool { return g.ID == tok.ID && g.UsageCount == 0 }},
-		}},
-		{"usage applied", func() error {
-			return s.ApplyUsage(1, map[uint64]usage.Delta{tok.ID: {Count: 3, Last: at.Unix()}})
-		}, []lookup{
-			{h, at, func(g token.Token) bool { return g.UsageCount == 3 && g.UsageBatch == 1 && g.LastUsedAt.Equal(at) }},
-		}},
-		{"renamed", func() error {
-			_, err := s.Mutate("alice", tok.ID, func(t *token.Token) error { t.Name = "renamed"; return nil })
-			return err
-		}, []lookup{
-			{h, at, func(g token.Token) bool { return g.Name == "renamed" && g.UsageCount == 3 }},
-		}},
-		{"rotated with grace", func() error {
-			_, err := s.Mutate("alice", tok.ID, func(t *token.Token) error {
-				t.PrevSecretHash, t.PrevSecretUntil, t.SecretHash = t.SecretHash, until, h2
-				return nil
-			})
-			return err
-		}, []lookup{
-			{h2, at, func(g token.Token) bool { return g.ID == tok.ID && g.SecretHash == h2 }},
-			{h, at, func(g token.Token) bool { return g.ID == tok.ID }},
-			{h, until, nil},
-		}},
-		{"rotated without grace", func() error {
-			_, err := s.Mutate("alice", tok.ID, func(t *token.Token) error {
-				t.PrevSecretHash, t.PrevSecretUntil, t.SecretHash = [32]byte{}, time.Time{}, h3
-				return nil
-			})
-			return err
-		}, []lookup{
-			{h3, at, func(g token.Token) bool { return g.ID == tok.ID && g.PrevSecretHash == [32]byte{} }},
-			{h2, at, nil},
-			{h, at, nil},
-		}},
-		{"more usage", func() error {
-			return s.ApplyUsage(2, map[uint64]usage.Delta{tok.ID: {Count: 1, Last: at.Unix() + 5}})
-		}, []lookup{
-			{h3, at, func(g token.Token) bool { return g.UsageCount == 4 && g.UsageBatch == 2 }},
-		}},
-		{"revoked", func() error { _, err := s.Revoke("alice", tok.ID, at); return err }, []lookup{
-			{h3, at, func(g token.Token) bool { return g.RevokedAt.Equal(at) && g.Status(at) == token.StatusRevoked }},
-		}},
-	}
-	for _, st := range steps {
-		if err := st.write(); err != nil {
-			t.Fatalf("%s: %v", st.name, err)
-		}
-		for i, l := range st.lookups {
-			for range 2 { // a second Lookup would be the cached one
-				got, err := s.Lookup(l.h, l.at)
-				switch {
-				case l.want == nil && !errors.Is(err, token.ErrNotFound):
-					t.Errorf("%s: lookup %d = token %d, %v; want token.ErrNotFound", st.name, i, got.ID, err)
-				case l.want != nil && (err != nil || !l.want(got)):
-					t.Errorf("%s: lookup %d = %+v, %v; not what the write left", st.name, i, got, err)
-				}
-			}
-		}
-		if n := len(s.cache.m); n != 0 {
-			t.Errorf("%s: the disabled cache holds %d entries", st.name, n)
-		}
-	}
+	checkWritesVisible(t, s, false)
 }
 
 func TestSize(t *testing.T) {

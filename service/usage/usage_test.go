@@ -223,6 +223,29 @@ func (f *failStore) seen() []uint64 {
 	return append([]uint64(nil), f.batches...)
 }
 
+// newFailRecorder wraps st in a failStore, not failing yet, and returns
+// it with a Recorder over it that logs to log.
+func newFailRecorder(t testing.TB, st *store.Store, log *slog.Logger) (*failStore, *usage.Recorder) {
+	t.Helper()
+	fs := &failStore{Store: st}
+	r, err := usage.New(fs, log)
+	if err != nil {
+		t.Fatalf("usage.New = %v", err)
+	}
+	return fs, r
+}
+
+// failFlush makes fs fail while r flushes once, and fails the test unless
+// that Flush returns errDisk; what names the flush in the failure.
+func failFlush(t *testing.T, fs *failStore, r *usage.Recorder, what string) {
+	t.Helper()
+	fs.failing.Store(true)
+	defer fs.failing.Store(false)
+	if err := r.Flush(); !errors.Is(err, errDisk) {
+		t.Fatalf("%s = %v, want %v", what, err, errDisk)
+	}
+}
+
 // nopStore accepts every batch and keeps nothing, for allocation counts
 // and benchmarks.
 type nopStore struct{}
@@ -471,8 +494,7 @@ func TestApplyDuringFlush(t *testing.T) {
 func TestApplySinceRefusesCopyOlderThanFlush(t *testing.T) {
 	st := openTemp(t)
 	a, _ := create(t, st, "frank", "a")
-	fs := &failStore{Store: st}
-	r := newRecorder(t, fs)
+	fs, r := newFailRecorder(t, st, discard)
 	for range 5 {
 		r.Record(a.ID, t0)
 	}
@@ -480,11 +502,7 @@ func TestApplySinceRefusesCopyOlderThanFlush(t *testing.T) {
 	read := stored(t, st, a) // 0 on disk, 5 pending
 
 	// A failed flush commits nothing: the copy is still good.
-	fs.failing.Store(true)
-	if err := r.Flush(); !errors.Is(err, errDisk) {
-		t.Fatalf("failing Flush = %v", err)
-	}
-	fs.failing.Store(false)
+	failFlush(t, fs, r, "failing Flush")
 	copy1 := read
 	applySince(t, r, &copy1, gen)
 	checkUsage(t, "copy read before a failed flush", copy1, 5, t0)
@@ -711,8 +729,7 @@ func TestFailedFlushKeepsUses(t *testing.T) {
 	st := openTemp(t)
 	a, _ := create(t, st, "heidi", "a")
 	b, _ := create(t, st, "heidi", "b")
-	fs := &failStore{Store: st}
-	r := newRecorder(t, fs)
+	fs, r := newFailRecorder(t, st, discard)
 
 	// One successful batch first, so disk is not empty.
 	r.Record(a.ID, t0)
@@ -726,10 +743,7 @@ func TestFailedFlushKeepsUses(t *testing.T) {
 		r.Record(a.ID, t0.Add(time.Second))
 	}
 	r.Record(b.ID, t0.Add(2*time.Second))
-	fs.failing.Store(true)
-	if err := r.Flush(); !errors.Is(err, errDisk) {
-		t.Fatalf("failing Flush = %v, want %v", err, errDisk)
-	}
+	failFlush(t, fs, r, "failing Flush")
 	if got := r.Pending(); got != 5 {
 		t.Errorf("Pending() after failed flush = %d, want 5", got)
 	}
@@ -747,9 +761,7 @@ func TestFailedFlushKeepsUses(t *testing.T) {
 		r.Record(a.ID, t0.Add(3*time.Second))
 		r.Record(b.ID, t0.Add(time.Second))
 	}
-	if err := r.Flush(); !errors.Is(err, errDisk) {
-		t.Fatalf("second failing Flush = %v, want %v", err, errDisk)
-	}
+	failFlush(t, fs, r, "second failing Flush")
 	fs.during = nil
 	if got := r.Pending(); got != 8 {
 		t.Errorf("Pending() after second failed flush = %d, want 8", got)
@@ -760,7 +772,6 @@ func TestFailedFlushKeepsUses(t *testing.T) {
 		t.Errorf("LastUsageBatch after failed flushes = %d, want %d", got, before)
 	}
 
-	fs.failing.Store(false)
 	flush(t, r)
 	if got := r.Pending(); got != 0 {
 		t.Errorf("Pending() after successful flush = %d, want 0", got)
@@ -874,13 +885,7 @@ func TestRunFlushesPeriodically(t *testing.T) {
 	a, _ := create(t, st, "judy", "a")
 	r := newRecorder(t, st)
 	const interval = 20 * time.Millisecond
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	done := make(chan struct{})
-	go func() {
-		r.Run(ctx, interval)
-		close(done)
-	}()
+	stop := startRun(t, r, interval)
 
 	// Generous for a slow, raced disk, but still a bounded number of
 	// intervals; Flush is never called by the test.
@@ -909,35 +914,50 @@ func TestRunFlushesPeriodically(t *testing.T) {
 	t.Logf("reached disk after %v and %v (interval %v)", d1, d2, interval)
 	checkUsage(t, "after Run flushes", stored(t, st, a), 5, t0.Add(time.Second))
 
-	cancel()
-	step(t, "Run to return after cancel", done)
+	stop()
 }
 
 func TestRunReturnsWhenCancelled(t *testing.T) {
 	r := newRecorder(t, nopStore{})
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() {
-		r.Run(ctx, time.Hour)
-		close(done)
-	}()
-	cancel()
-	step(t, "Run to return after cancel", done)
+	stop := startRun(t, r, time.Hour)
+	stop()
 
 	// Already cancelled: returns at once.
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
 	runBounded(t, r, ctx, time.Millisecond)
+}
+
+// goRun starts r.Run(ctx, interval) and returns a channel that is closed
+// when Run returns.
+func goRun(r *usage.Recorder, ctx context.Context, interval time.Duration) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		r.Run(ctx, interval)
+		close(done)
+	}()
+	return done
+}
+
+// startRun starts r.Run with interval under a context of its own, ended
+// with the test's at the latest, and returns stop, which cancels that
+// context and fails the test if Run has not returned after a while.
+func startRun(t *testing.T, r *usage.Recorder, interval time.Duration) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := goRun(r, ctx, interval)
+	return func() {
+		t.Helper()
+		cancel()
+		step(t, "Run to return after cancel", done)
+	}
 }
 
 // runBounded runs r.Run and fails the test if it has not returned after a
 // while, instead of hanging the run.
 func runBounded(t *testing.T, r *usage.Recorder, ctx context.Context, interval time.Duration) {
 	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		r.Run(ctx, interval)
-		close(done)
-	}()
-	step(t, "Run to return", done)
+	step(t, "Run to return", goRun(r, ctx, interval))
 }
 
 // TestRunLeavesNoUseBehindWhenCancelled: Run leaves the last flush to its
@@ -949,12 +969,7 @@ func TestRunLeavesNoUseBehindWhenCancelled(t *testing.T) {
 	r := newRecorder(t, st)
 	// Run flushes every millisecond while uses keep coming; it is
 	// cancelled in the middle of that.
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() {
-		r.Run(ctx, time.Millisecond)
-		close(done)
-	}()
+	stop := startRun(t, r, time.Millisecond)
 	const n = 2000
 	for i := range n {
 		r.Record(a.ID, t0)
@@ -968,8 +983,7 @@ func TestRunLeavesNoUseBehindWhenCancelled(t *testing.T) {
 			}
 		}
 	}
-	cancel()
-	step(t, "Run to return", done)
+	stop()
 	if got, p := stored(t, st, a).UsageCount, r.Pending(); got+p != n {
 		t.Errorf("after Run returned on cancel: stored %d + pending %d, want %d", got, p, n)
 	}
@@ -981,22 +995,13 @@ func TestRunLeavesNoUseBehindWhenCancelled(t *testing.T) {
 func TestRunLogsFailedFlushAndRetries(t *testing.T) {
 	st := openTemp(t)
 	a, _ := create(t, st, "judy", "a")
-	fs := &failStore{Store: st}
-	fs.failing.Store(true)
 	var logs testutil.SyncBuffer
-	r, err := usage.New(fs, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	fs, r := newFailRecorder(t, st, slog.New(slog.NewTextHandler(&logs, nil)))
+	fs.failing.Store(true)
 	r.Record(a.ID, t0)
 	r.Record(a.ID, t0)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() {
-		r.Run(ctx, 5*time.Millisecond)
-		close(done)
-	}()
-	defer func() { cancel(); step(t, "Run", done) }()
+	stop := startRun(t, r, 5*time.Millisecond)
+	defer stop()
 
 	deadline := time.Now().Add(5 * time.Second)
 	for len(fs.seen()) < 2 && time.Now().Before(deadline) {
@@ -1189,23 +1194,18 @@ func BenchmarkRecordParallel(b *testing.B) {
 func TestStats(t *testing.T) {
 	st := openTemp(t)
 	a, _ := create(t, st, "alice", "a")
-	fs := &failStore{Store: st}
-	r := newRecorder(t, fs)
+	fs, r := newFailRecorder(t, st, discard)
 	for range 3 {
 		r.Record(a.ID, t0)
 	}
 	if s := r.Stats(); s.Pending != 3 || s.Flushes != 0 || s.Failures != 0 {
 		t.Fatalf("after 3 uses: %+v", s)
 	}
-	fs.failing.Store(true)
 	before := r.Stats().LastFlush
-	if err := r.Flush(); err == nil {
-		t.Fatal("a failing flush succeeded")
-	}
+	failFlush(t, fs, r, "failing Flush")
 	if s := r.Stats(); s.Pending != 3 || s.Failures != 1 || s.Flushes != 0 || !s.LastFlush.Equal(before) {
 		t.Fatalf("after a failed flush: %+v, want 3 pending, 1 failure, LastFlush unchanged", s)
 	}
-	fs.failing.Store(false)
 	var during time.Time
 	fs.during = func() {
 		r.Record(a.ID, t0) // recorded while the flush is in flight
