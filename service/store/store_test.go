@@ -709,7 +709,7 @@ func setSchema(t *testing.T, path string, v []byte) {
 
 // rawUpdate changes the closed database at path with bbolt alone, for
 // fixtures this package would never write.
-func rawUpdate(t *testing.T, path string, fn func(*bolt.Tx) error) {
+func rawUpdate(t testing.TB, path string, fn func(*bolt.Tx) error) {
 	t.Helper()
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
