@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -122,5 +123,64 @@ func TestWriteEndsAtTheCallDeadline(t *testing.T) {
 			t.Fatal("the timed-out revoke never took effect once the lock was free")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestListByStatusAfterPrune lists by status after a create has pruned an
+// expired token from the live index, which lists of active tokens walk:
+// the expired token must still be listed as expired, and every status
+// must list exactly its tokens.
+func TestListByStatusAfterPrune(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "t.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)
+	tokens := NewTokens(st, nil, DefaultLimits(), func() time.Time { return now })
+	ctx := context.Background()
+	create := func(name string, expiresIn time.Duration) uint64 {
+		t.Helper()
+		c, err := tokens.Create(ctx, CreateInput{UserID: "alice", Name: name, ExpiresIn: expiresIn})
+		if err != nil {
+			t.Fatalf("create %s: %v", name, err)
+		}
+		return c.Token.ID
+	}
+	short := create("short", time.Hour)
+	kept := create("kept", 0)
+	gone := create("gone", 0)
+	if _, err := tokens.Revoke(ctx, "alice", int64(gone)); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(2 * time.Hour)
+	fresh := create("fresh", 0) // prunes short from the live index
+
+	for status, want := range map[string][]uint64{
+		"active":  {fresh, kept},
+		"expired": {short},
+		"revoked": {gone},
+		"":        {fresh, gone, kept, short},
+	} {
+		for _, limit := range []int{1, 0} {
+			var got []uint64
+			cursor := ""
+			for page := 0; ; page++ {
+				ts, next, err := tokens.List(ListInput{UserID: "alice", Status: status, Limit: limit, Cursor: cursor})
+				if err != nil {
+					t.Fatalf("List(status %q, limit %d) = %v", status, limit, err)
+				}
+				for _, tk := range ts {
+					got = append(got, tk.ID)
+				}
+				if next == "" || page > 10 {
+					break
+				}
+				cursor = next
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("List(status %q, limit %d) = %v, want %v", status, limit, got, want)
+			}
+		}
 	}
 }

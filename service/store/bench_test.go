@@ -173,3 +173,43 @@ func BenchmarkOpenMigratesSchema2(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkListActiveWithHistory lists the active tokens (a page of 20)
+// of a user who holds 5 and had 10k more, half revoked and half expired,
+// walking all the user's tokens and only the live index, after a create
+// has pruned the expired ones as the server's creates do.
+func BenchmarkListActiveWithHistory(b *testing.B) {
+	s, _ := openTemp(b)
+	const past = 10_000
+	old := make([]token.Token, 0, past+5)
+	for i := range past + 5 {
+		tok, _ := newToken(b, "ci", fmt.Sprintf("job %d", i))
+		switch {
+		case i >= past:
+		case i%2 == 0:
+			tok.RevokedAt = t0.Add(-time.Hour)
+		default:
+			tok.ExpiresAt = t0.Add(-time.Hour)
+		}
+		old = append(old, tok)
+	}
+	if _, err := s.CreateBatch(old); err != nil {
+		b.Fatal(err)
+	}
+	tok, _ := newToken(b, "ci", "prune")
+	if _, _, err := s.Create(tok, CreateOptions{Now: t0, MaxLive: 100}); err != nil {
+		b.Fatal(err)
+	}
+	keep := func(t *token.Token) bool { return t.Status(t0) == token.StatusActive }
+	for _, live := range []bool{false, true} {
+		b.Run(fmt.Sprintf("live=%v", live), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				ts, _, err := s.ListPage("ci", Page{Limit: 20, Keep: keep, Live: live})
+				if err != nil || len(ts) != 6 {
+					b.Fatalf("ListPage = %d tokens, %v; want 6", len(ts), err)
+				}
+			}
+		})
+	}
+}

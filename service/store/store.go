@@ -943,6 +943,12 @@ type Page struct {
 	Limit int
 	// Keep, if set, skips tokens for which it returns false.
 	Keep func(*token.Token) bool
+	// Live walks only the user's live index: unrevoked tokens, less
+	// expired ones a create has pruned. Set it when Keep accepts only
+	// active tokens, so that a list of them costs what the user holds,
+	// not the user's whole history. Keep still judges each token: the
+	// index may hold tokens that expired since they were listed.
+	Live bool
 }
 
 // ListPage returns a page of user's tokens, newest first, and the id to
@@ -955,6 +961,11 @@ func (s *Store) ListPage(user string, p Page) ([]token.Token, uint64, error) {
 		ub := tx.Bucket(bucketUsers).Bucket([]byte(user))
 		if ub == nil {
 			return token.ErrUserNotFound
+		}
+		if p.Live {
+			if ub = tx.Bucket(bucketLive).Bucket([]byte(user)); ub == nil {
+				return nil
+			}
 		}
 		c := ub.Cursor()
 		var k []byte

@@ -682,22 +682,61 @@ func TestListPageStatusFilter(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, st := range []token.Status{token.StatusActive, token.StatusExpired, token.StatusRevoked} {
+	// Prune alice's live index at now, as her next create would, so that
+	// Live walks an index that lost entries as well as one that holds
+	// expired tokens.
+	pruned := func() {
+		err := s.update(func(tx *bolt.Tx) error { _, err := countLive(tx, "alice", now); return err })
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		st   token.Status
+		live bool
+		prep func()
+	}{
+		{token.StatusActive, false, nil},
+		{token.StatusExpired, false, nil},
+		{token.StatusRevoked, false, nil},
+		{token.StatusActive, true, nil},
+		{token.StatusActive, true, pruned},
+	} {
+		if tc.prep != nil {
+			tc.prep()
+		}
 		for _, limit := range []int{1, 2, 3, 0} {
-			t.Run(fmt.Sprint(st, " limit ", limit), func(t *testing.T) {
+			t.Run(fmt.Sprint(tc.st, " live ", tc.live, " limit ", limit), func(t *testing.T) {
 				keep := func(tk *token.Token) bool {
 					if tk.UserID != "alice" {
 						t.Errorf("Keep saw %s's token %d", tk.UserID, tk.ID)
 					}
-					return tk.Status(now) == st
+					if tc.live && !tk.RevokedAt.IsZero() {
+						t.Errorf("Keep saw revoked token %d with Live: the walk is not of the live index", tk.ID)
+					}
+					return tk.Status(now) == tc.st
 				}
-				got := pageAll(t, s, "alice", Page{Limit: limit, Keep: keep}, nil)
-				if ids := tokenIDs(got); !slices.Equal(ids, want[st]) {
-					t.Errorf("%s tokens = %v, want %v", st, ids, want[st])
+				got := pageAll(t, s, "alice", Page{Limit: limit, Keep: keep, Live: tc.live}, nil)
+				if ids := tokenIDs(got); !slices.Equal(ids, want[tc.st]) {
+					t.Errorf("%s tokens = %v, want %v", tc.st, ids, want[tc.st])
 				}
 			})
 		}
 	}
+	if n := len(liveEntries(t, s, "alice")); n != 3 {
+		t.Errorf("alice's live index holds %d entries after the prune, want her 3 active tokens", n)
+	}
+	t.Run("live, no live tokens", func(t *testing.T) {
+		for _, tk := range listAll(t, s, "bob") {
+			if _, err := s.Revoke("bob", tk.ID, t0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ts, next, err := s.ListPage("bob", Page{Limit: 2, Live: true})
+		if err != nil || len(ts) != 0 || next != 0 {
+			t.Errorf("Live ListPage of a user with only revoked tokens = %v, cursor %d, %v; want none", tokenIDs(ts), next, err)
+		}
+	})
 	t.Run("nothing kept", func(t *testing.T) {
 		ts, next, err := s.ListPage("alice", Page{Limit: 2, Keep: func(*token.Token) bool { return false }})
 		if err != nil || len(ts) != 0 || next != 0 {
