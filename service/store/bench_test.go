@@ -17,7 +17,7 @@ import (
 
 // seedMany stores n tokens over users owners in batches and returns their
 // IDs and secret hashes, index for index.
-func seedMany(b *testing.B, s *Store, n, users int) ([]uint64, []secret.Hash) {
+func seedMany(b testing.TB, s *Store, n, users int) ([]uint64, []secret.Hash) {
 	b.Helper()
 	ids, hashes := make([]uint64, 0, n), make([]secret.Hash, 0, n)
 	for len(ids) < n {

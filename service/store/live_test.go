@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"testing"
@@ -103,6 +104,10 @@ func TestOpenMigratesSchema2(t *testing.T) {
 	if _, err := s.Revoke("alice", revoked.ID, t0); err != nil {
 		t.Fatal(err)
 	}
+	// Expired by the clock of the upgrade itself: never counts again, so
+	// it is not indexed.
+	past := time.Now().Add(-time.Hour)
+	createExpiring(t, s, "alice", past, past.Add(-time.Hour), 0)
 	bob, _ := createExpiring(t, s, "bob", time.Time{}, t0, 0)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -137,5 +142,70 @@ func TestOpenMigratesSchema2(t *testing.T) {
 	})
 	if len(schema) != 1 || schema[0] != SchemaVersion {
 		t.Errorf("schema after the migration = %v, want %d", schema, SchemaVersion)
+	}
+}
+
+// TestOpenMigratesLargeSchema2 upgrades a file of more tokens than the
+// migration reads at a time, so that it resumes after each chunk's writes:
+// every active token must be indexed once, and nothing else.
+func TestOpenMigratesLargeSchema2(t *testing.T) {
+	s, path := openTemp(t)
+	ids, _ := seedMany(t, s, 10_000, 7)
+	var revoked int
+	for i, id := range ids {
+		if i%3 == 0 {
+			if _, err := s.Revoke(fmt.Sprintf("user-%d", i%7), id, t0); err != nil {
+				t.Fatal(err)
+			}
+			revoked++
+		}
+		if i > 600 {
+			break
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketLive); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keySchema, []byte{2})
+	})
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatalf("Open of a schema-2 file = %v", err)
+	}
+	defer s.Close()
+	if err := s.Verify(); err != nil {
+		t.Errorf("Verify after the migration: %v", err)
+	}
+	n := 0
+	for u := range 7 {
+		n += len(liveEntries(t, s, fmt.Sprintf("user-%d", u)))
+	}
+	if want := len(ids) - revoked; n != want {
+		t.Errorf("the live index holds %d entries, want %d (every unrevoked token once)", n, want)
+	}
+}
+
+// TestRefusedCreateKeepsPrune checks that a create the quota refuses still
+// commits the prune of the user's expired entries (and nothing else), so a
+// user at the limit does not walk them again on every attempt.
+func TestRefusedCreateKeepsPrune(t *testing.T) {
+	s, _ := openTemp(t)
+	never, _ := createExpiring(t, s, "alice", time.Time{}, t0, 0)
+	for range 3 {
+		createExpiring(t, s, "alice", t0.Add(time.Hour), t0, 0)
+	}
+	before := listAll(t, s, "alice")
+	if _, err := createExpiring(t, s, "alice", time.Time{}, t0.Add(2*time.Hour), 1); !errors.Is(err, token.ErrConflict) {
+		t.Fatalf("Create at the limit = %v, want token.ErrConflict", err)
+	}
+	assertLive(t, s, "alice", map[uint64]int64{never.ID: 0}, "after a refused create")
+	assertSameTokens(t, "alice's tokens after a refused create", listAll(t, s, "alice"), before)
+	assertNextID(t, s, uint64(len(before)+1))
+	if err := s.Verify(); err != nil {
+		t.Errorf("Verify: %v", err)
 	}
 }

@@ -11,12 +11,14 @@
 //	users    user id → bucket of that user's token ids → empty
 //	live     user id → bucket of that user's unrevoked token ids → expiry
 //	         (8-byte big-endian Unix seconds, 0 for none); the quota counts
-//	         from it, and a create prunes the user's expired entries
+//	         from it and status=active lists walk it; a create under a quota
+//	         prunes the user's expired entries
 //	idempotency  SHA-256 of (user, Idempotency-Key) → record (JSON)
 //
 // Ids come from the tokens bucket's sequence, so they are unique across all
 // users and never reused. Every method runs in one transaction, so a token,
-// its secret index and its user index are written together or not at all.
+// its secret index, its user index and its live index entry are written
+// together or not at all.
 package store
 
 import (
@@ -61,11 +63,11 @@ var (
 	ErrNoDatabase = errors.New("no database")
 )
 
-// ErrUnavailable means a write transaction could not be begun or committed:
-// the disk is full, the file may not grow, the file system went read-only
-// or failed, or the database is closed. Nothing of the transaction was
-// written, reads still work, and the same write may succeed later. It wraps
-// the cause, so errors.Is sees both. Errors of the transaction's own logic
+// ErrUnavailable means a transaction could not be begun or committed: for
+// a write, the disk is full, the file may not grow, or the file system went
+// read-only or failed, and reads still work; for any call, the database is
+// closed or unreadable. Nothing of the transaction was written, and the same
+// call may succeed later. It wraps the cause, so errors.Is sees both. Errors of the transaction's own logic
 // (token.ErrNotFound, token.ErrConflict, ErrCorrupt, ...) are never it.
 var ErrUnavailable = errors.New("storage unavailable")
 
@@ -195,7 +197,7 @@ func initSchema(tx *bolt.Tx) error {
 		}
 	}
 	if v := meta.Get(keySchema); v[0] < SchemaVersion {
-		if err := migrate(tx, v[0]); err != nil {
+		if err := migrate(tx, v[0], time.Now()); err != nil {
 			return fmt.Errorf("migrate schema %d to %d: %w", v[0], SchemaVersion, err)
 		}
 		return meta.Put(keySchema, []byte{SchemaVersion})
@@ -206,7 +208,7 @@ func initSchema(tx *bolt.Tx) error {
 // migrate upgrades a file from schema version from, in the open
 // transaction, so a failed migration leaves the file as it was. A version
 // no tokend ever wrote (0) is corruption, not something to relabel.
-func migrate(tx *bolt.Tx, from byte) error {
+func migrate(tx *bolt.Tx, from byte, now time.Time) error {
 	if from < 1 {
 		return fmt.Errorf("%w: schema version %d", ErrCorrupt, from)
 	}
@@ -216,7 +218,7 @@ func migrate(tx *bolt.Tx, from byte) error {
 		}
 	}
 	if from < 3 {
-		return buildLive(tx)
+		return buildLive(tx, now)
 	}
 	return nil
 }
@@ -247,47 +249,47 @@ func migrateBinary(tx *bolt.Tx) error {
 	return nil
 }
 
-// buildLive fills the live index from the tokens, one user at a time, so
-// that a large file's migration holds one user's tokens in memory rather
-// than all of them. Expired tokens are indexed too: which are expired
-// depends on the clock of the request, so the first create of each user
-// prunes them.
-func buildLive(tx *bolt.Tx) error {
-	users := tx.Bucket(bucketUsers)
-	var names [][]byte
-	err := users.ForEachBucket(func(name []byte) error {
-		names = append(names, slices.Clone(name))
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, name := range names {
-		var ts []token.Token
-		err := users.Bucket(name).ForEach(func(k, _ []byte) error {
+// buildLive fills the live index from the tokens: every token neither
+// revoked nor expired at now (an expired token never counts again). It
+// reads the tokens in chunks, writing each chunk's entries before reading
+// on with a fresh cursor, since bbolt may remap the file as the writes
+// grow it; so a file of any size is indexed in bounded memory. Tokens are
+// indexed under the owner their record names: the records are the truth,
+// and Verify reports an owner list that disagrees.
+func buildLive(tx *bolt.Tx, now time.Time) error {
+	const chunk = 4096
+	var batch []token.Token
+	var resume []byte
+	for {
+		c := tx.Bucket(bucketTokens).Cursor()
+		k, v := c.First()
+		if resume != nil {
+			k, v = c.Seek(resume)
+		}
+		batch = batch[:0]
+		for ; k != nil && len(batch) < chunk; k, v = c.Next() {
 			if len(k) != 8 {
-				return fmt.Errorf("user %q: %w", name, ErrCorrupt)
+				return fmt.Errorf("token key %x: %w", k, ErrCorrupt)
 			}
-			t, err := get(tx, binary.BigEndian.Uint64(k))
+			id := binary.BigEndian.Uint64(k)
+			t, err := decode(id, v)
 			if err != nil {
-				return err
+				return fmt.Errorf("token %d: %w", id, err)
 			}
-			if t.UserID != string(name) {
-				return fmt.Errorf("user %q lists token %d of another user: %w", name, t.ID, ErrCorrupt)
+			if t.Status(now) == token.StatusActive {
+				batch = append(batch, t)
 			}
-			ts = append(ts, t)
-			return nil
-		})
-		if err != nil {
-			return err
 		}
-		for i := range ts {
-			if err := setLive(tx, &ts[i]); err != nil {
+		resume = slices.Clone(k)
+		for i := range batch {
+			if err := setLive(tx, &batch[i]); err != nil {
 				return err
 			}
+		}
+		if resume == nil {
+			return nil
 		}
 	}
-	return nil
 }
 
 // view runs fn in a read transaction. As with update, an error fn returns
@@ -466,6 +468,7 @@ func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay,
 			return orig, replay, nil
 		}
 	}
+	var refused error
 	err := s.update(func(tx *bolt.Tx) error {
 		if idem := opts.Idempotency; idem != nil {
 			orig, rep, err := replayOf(tx, idem, t.UserID, opts.Now)
@@ -478,12 +481,18 @@ func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay,
 			}
 		}
 		if opts.MaxLive > 0 {
-			n, err := countLive(tx, t.UserID, opts.Now)
+			n, pruned, err := countLive(tx, t.UserID, opts.Now)
 			if err != nil {
 				return err
 			}
 			if n >= opts.MaxLive {
-				return fmt.Errorf("%w: the limit of %d live tokens per user is reached; revoke one first", token.ErrConflict, opts.MaxLive)
+				refused = fmt.Errorf("%w: the limit of %d live tokens per user is reached; revoke one first", token.ErrConflict, opts.MaxLive)
+				if pruned {
+					// Keep the prune, or a user at the limit would
+					// walk the same expired entries on every attempt.
+					return nil
+				}
+				return refused
 			}
 		}
 		if err := insert(tx, &t); err != nil {
@@ -498,6 +507,9 @@ func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay,
 		}
 		return nil
 	})
+	if err == nil {
+		err = refused
+	}
 	if err != nil {
 		return token.Token{}, nil, fmt.Errorf("create token: %w", err)
 	}
@@ -581,18 +593,19 @@ func liveValue(t *token.Token) [8]byte {
 
 // countLive counts user's active tokens at now from the live index, so its
 // cost follows the tokens the user holds, not every token the user ever
-// had. Entries expired at now are pruned: expiry is fixed when a token is
-// created, so an expired token never counts again. (A clock stepped back
-// after a prune undercounts by the pruned tokens until it passes their
-// expiry again; the quota is a limit on abuse, not a ledger.)
-func countLive(tx *bolt.Tx, user string, now time.Time) (int, error) {
+// had. Entries expired at now are pruned, and pruned reports whether any
+// were: expiry is fixed when a token is created, so an expired token never
+// counts again. (A clock stepped back after a prune undercounts by the
+// pruned tokens until it passes their expiry again, and leaves them out of
+// status=active lists meanwhile, though they authenticate; the quota is a
+// limit on abuse, not a ledger.)
+func countLive(tx *bolt.Tx, user string, now time.Time) (n int, pruned bool, err error) {
 	lb := tx.Bucket(bucketLive).Bucket([]byte(user))
 	if lb == nil {
-		return 0, nil
+		return 0, false, nil
 	}
-	n := 0
 	var expired [][]byte
-	err := lb.ForEach(func(k, v []byte) error {
+	err = lb.ForEach(func(k, v []byte) error {
 		if len(k) != 8 || len(v) != 8 {
 			return fmt.Errorf("live tokens of user %q: %w", user, ErrCorrupt)
 		}
@@ -604,14 +617,14 @@ func countLive(tx *bolt.Tx, user string, now time.Time) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	for _, k := range expired {
 		if err := lb.Delete(k); err != nil {
-			return 0, err
+			return 0, false, err
 		}
 	}
-	return n, nil
+	return n, len(expired) > 0, nil
 }
 
 // replayOf returns the token created by an earlier request of user under
@@ -947,7 +960,9 @@ type Page struct {
 	// expired ones a create has pruned. Set it when Keep accepts only
 	// active tokens, so that a list of them costs what the user holds,
 	// not the user's whole history. Keep still judges each token: the
-	// index may hold tokens that expired since they were listed.
+	// index may hold tokens that expired since they were listed (only a
+	// create under a quota prunes, so with no quota it holds every
+	// unrevoked token).
 	Live bool
 }
 

@@ -686,7 +686,7 @@ func TestListPageStatusFilter(t *testing.T) {
 	// Live walks an index that lost entries as well as one that holds
 	// expired tokens.
 	pruned := func() {
-		err := s.update(func(tx *bolt.Tx) error { _, err := countLive(tx, "alice", now); return err })
+		err := s.update(func(tx *bolt.Tx) error { _, _, err := countLive(tx, "alice", now); return err })
 		if err != nil {
 			t.Fatal(err)
 		}
