@@ -5,8 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/tokend/tokend/service/token"
 )
 
 // maxVerifyErrors bounds what Verify reports of a badly broken file.
@@ -16,14 +19,17 @@ const maxVerifyErrors = 20
 // and the live index agree: every token decodes and is listed under its
 // owner and found by each of its live secret hashes; every index entry and
 // every owner entry names an existing token that is its own; the live
-// index lists no revoked token, every unrevoked token that never expires,
-// and each token it lists with its expiry. (An unrevoked token that
-// expires may be missing: a create prunes expired entries by the clock of
-// its request.) A write that reached disk
+// index lists no revoked token, every token active now, and each token it
+// lists with its expiry. (An expired token may be missing: a create prunes
+// expired entries by the clock of its request.) A write that reached disk
 // only in part (a token without its index entry, or the reverse) fails it.
 // It reads the whole file, so it is for tests and offline checks, not for
 // every start. The error wraps ErrCorrupt.
-func (s *Store) Verify() error {
+func (s *Store) Verify() error { return s.verifyAt(time.Now()) }
+
+// verifyAt is Verify judging expiry at now, which must be no earlier than
+// the request time of any create that pruned the live index.
+func (s *Store) verifyAt(now time.Time) error {
 	var errs []error
 	report := func(format string, args ...any) {
 		if len(errs) < maxVerifyErrors {
@@ -57,8 +63,8 @@ func (s *Store) Verify() error {
 					report("token %d is revoked but listed as live", id)
 				}
 			case lv == nil:
-				if t.ExpiresAt.IsZero() {
-					report("token %d never expires but is not listed as live", id)
+				if t.Status(now) == token.StatusActive {
+					report("token %d is active but not listed as live", id)
 				}
 			case !bytes.Equal(lv, want[:]):
 				report("token %d is listed as live with expiry %x, want %x", id, lv, want)

@@ -39,6 +39,14 @@ func TestVerify(t *testing.T) {
 			k := idKey(tok.ID)
 			return tx.Bucket(bucketLive).Bucket([]byte(tok.UserID)).Delete(k[:])
 		}},
+		{"live entry lost for a token that expires later", func(tx *bolt.Tx, tok token.Token) error {
+			tok.ExpiresAt = token.Clock(time.Now().Add(time.Hour))
+			if err := put(tx, &tok); err != nil {
+				return err
+			}
+			k := idKey(tok.ID)
+			return tx.Bucket(bucketLive).Bucket([]byte(tok.UserID)).Delete(k[:])
+		}},
 		{"live entry with another expiry", func(tx *bolt.Tx, tok token.Token) error {
 			k := idKey(tok.ID)
 			return tx.Bucket(bucketLive).Bucket([]byte(tok.UserID)).Put(k[:], []byte{0, 0, 0, 0, 0, 0, 0, 1})
