@@ -81,8 +81,8 @@ func TraceID(traceparent string) string {
 // propagator does (a test holds them equal), so that a request's trace id
 // does not depend on whether tracing is on: lowercase hex only; all-zero
 // ids and version ff are invalid; version 00 allows no reserved flag bits
-// and nothing after the flags but one trailing "-"; later versions may append "-"-separated
-// fields.
+// and nothing after the flags but one trailing "-"; later versions may
+// append "-"-separated fields.
 func ParseTraceparent(h string) (string, bool) {
 	version, h, _ := strings.Cut(h, "-")
 	traceID, h, _ := strings.Cut(h, "-")

@@ -48,7 +48,6 @@ const (
 	msgInvalidToken       = "Authentication failed"
 	msgTokenNotFound      = "Access token not found"
 	msgUserNotFound       = "Unknown user"
-
 	msgStorageUnavailable = "The token store cannot take writes right now; retry later"
 )
 

@@ -103,6 +103,15 @@ func (c *lookupCache) drop(hs ...secret.Hash) {
 	}
 }
 
+// reset forgets every token, and refuses every fill begun before it.
+func (c *lookupCache) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.epoch++
+	clear(c.m)
+	c.order, c.free, c.next = nil, nil, 0
+}
+
 // refresh replaces the cached copies of these tokens, if cached, by their
 // committed state.
 func (c *lookupCache) refresh(ts []token.Token) {

@@ -34,7 +34,6 @@ import (
 	"os"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -66,9 +65,10 @@ var (
 // ErrUnavailable means a transaction could not be begun or committed: for
 // a write, the disk is full, the file may not grow, or the file system went
 // read-only or failed, and reads still work; for any call, the database is
-// closed or unreadable. Nothing of the transaction was written, and the same
-// call may succeed later. It wraps the cause, so errors.Is sees both. Errors of the transaction's own logic
-// (token.ErrNotFound, token.ErrConflict, ErrCorrupt, ...) are never it.
+// closed or unreadable. Nothing of the transaction was written, and the
+// same call may succeed later. It wraps the cause, so errors.Is sees both.
+// Errors of the transaction's own logic (token.ErrNotFound,
+// token.ErrConflict, ErrCorrupt, ...) are never it.
 var ErrUnavailable = errors.New("storage unavailable")
 
 var (
@@ -100,9 +100,6 @@ type Options struct {
 type Store struct {
 	db    *bolt.DB
 	cache *lookupCache
-	// closed is set by Close, so that a cached token is not answered for
-	// from memory once the file is closed.
-	closed atomic.Bool
 
 	checkMu  sync.Mutex
 	checking *writeCheck // the write check in flight, if any
@@ -404,10 +401,13 @@ func (s *Store) Size() int64 {
 }
 
 // Close closes the database file. Every read and write after it is
-// ErrUnavailable, a lookup of a cached token included.
+// ErrUnavailable, a lookup of a token cached before included: the cache is
+// emptied once the file is closed, and a lookup that read the file before
+// cannot fill it after (its fill predates the reset).
 func (s *Store) Close() error {
-	s.closed.Store(true)
-	return s.db.Close()
+	err := s.db.Close()
+	s.cache.reset()
+	return err
 }
 
 // CreateOptions govern Create.
@@ -765,9 +765,6 @@ func get(tx *bolt.Tx, id uint64) (token.Token, error) {
 // period at time at, previous secret) hashes to h, in a read-only
 // transaction. It returns token.ErrNotFound for an unknown hash.
 func (s *Store) Lookup(h secret.Hash, at time.Time) (token.Token, error) {
-	if s.closed.Load() {
-		return token.Token{}, fmt.Errorf("%w: %w", ErrUnavailable, berrors.ErrDatabaseNotOpen)
-	}
 	t, ok, epoch := s.cache.get(h)
 	if ok {
 		if !matches(&t, h, at) {
