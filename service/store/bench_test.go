@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/token"
 	"github.com/tokend/tokend/service/usage"
@@ -93,6 +91,27 @@ func BenchmarkLookup(b *testing.B) {
 	}
 }
 
+// seedHistory gives user "ci" past tokens, half revoked and half expired
+// at t0, and then 5 that never expire.
+func seedHistory(b *testing.B, s *Store, past int) {
+	b.Helper()
+	ts := make([]token.Token, 0, past+5)
+	for i := range past + 5 {
+		tok, _ := newToken(b, "ci", fmt.Sprintf("job %d", i))
+		switch {
+		case i >= past:
+		case i%2 == 0:
+			tok.RevokedAt = t0.Add(-time.Hour)
+		default:
+			tok.ExpiresAt = t0.Add(-time.Hour)
+		}
+		ts = append(ts, tok)
+	}
+	if _, err := s.CreateBatch(ts); err != nil {
+		b.Fatal(err)
+	}
+}
+
 // BenchmarkCreateWithHistory measures a Create under the live-token quota
 // for a user with a long history: past tokens, half revoked and half
 // expired, as a CI system that creates a short-lived token per job leaves
@@ -102,22 +121,7 @@ func BenchmarkCreateWithHistory(b *testing.B) {
 	for _, past := range []int{100, 10_000} {
 		b.Run(fmt.Sprintf("past=%d", past), func(b *testing.B) {
 			s, _ := openTemp(b)
-			old := make([]token.Token, 0, past+5)
-			for i := range past + 5 {
-				tok, _ := newToken(b, "ci", fmt.Sprintf("job %d", i))
-				switch {
-				case i >= past:
-					// A few live tokens, which the quota counts.
-				case i%2 == 0:
-					tok.RevokedAt = t0.Add(-time.Hour)
-				default:
-					tok.ExpiresAt = t0.Add(-time.Hour)
-				}
-				old = append(old, tok)
-			}
-			if _, err := s.CreateBatch(old); err != nil {
-				b.Fatal(err)
-			}
+			seedHistory(b, s, past)
 			now := t0
 			b.ReportAllocs()
 			for b.Loop() {
@@ -138,15 +142,7 @@ func BenchmarkCreateWithHistory(b *testing.B) {
 func BenchmarkOpenMigratesSchema2(b *testing.B) {
 	s, path := openTemp(b)
 	seedMany(b, s, 100_000, 1000)
-	if err := s.Close(); err != nil {
-		b.Fatal(err)
-	}
-	rawUpdate(b, path, func(tx *bolt.Tx) error {
-		if err := tx.DeleteBucket(bucketLive); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketMeta).Put(keySchema, []byte{2})
-	})
+	closeAsSchema2(b, s, path)
 	v2, err := os.ReadFile(path)
 	if err != nil {
 		b.Fatal(err)
@@ -180,22 +176,7 @@ func BenchmarkOpenMigratesSchema2(b *testing.B) {
 // has pruned the expired ones as the server's creates do.
 func BenchmarkListActiveWithHistory(b *testing.B) {
 	s, _ := openTemp(b)
-	const past = 10_000
-	old := make([]token.Token, 0, past+5)
-	for i := range past + 5 {
-		tok, _ := newToken(b, "ci", fmt.Sprintf("job %d", i))
-		switch {
-		case i >= past:
-		case i%2 == 0:
-			tok.RevokedAt = t0.Add(-time.Hour)
-		default:
-			tok.ExpiresAt = t0.Add(-time.Hour)
-		}
-		old = append(old, tok)
-	}
-	if _, err := s.CreateBatch(old); err != nil {
-		b.Fatal(err)
-	}
+	seedHistory(b, s, 10_000)
 	tok, _ := newToken(b, "ci", "prune")
 	if _, _, err := s.Create(tok, CreateOptions{Now: t0, MaxLive: 100}); err != nil {
 		b.Fatal(err)

@@ -42,6 +42,21 @@ func assertLive(t *testing.T, s *Store, user string, want map[uint64]int64, when
 	}
 }
 
+// closeAsSchema2 closes s and makes its file at path what a schema-2
+// tokend left: no live index, schema byte 2.
+func closeAsSchema2(t testing.TB, s *Store, path string) {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketLive); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keySchema, []byte{2})
+	})
+}
+
 // createExpiring creates a token of user that expires at exp (zero: never),
 // as a request at now.
 func createExpiring(t *testing.T, s *Store, user string, exp, now time.Time, maxLive int) (token.Token, error) {
@@ -109,15 +124,7 @@ func TestOpenMigratesSchema2(t *testing.T) {
 	past := time.Now().Add(-time.Hour)
 	createExpiring(t, s, "alice", past, past.Add(-time.Hour), 0)
 	bob, _ := createExpiring(t, s, "bob", time.Time{}, t0, 0)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	rawUpdate(t, path, func(tx *bolt.Tx) error {
-		if err := tx.DeleteBucket(bucketLive); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketMeta).Put(keySchema, []byte{2})
-	})
+	closeAsSchema2(t, s, path)
 
 	s, err := Open(path, Options{})
 	if err != nil {
@@ -163,15 +170,7 @@ func TestOpenMigratesLargeSchema2(t *testing.T) {
 			break
 		}
 	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	rawUpdate(t, path, func(tx *bolt.Tx) error {
-		if err := tx.DeleteBucket(bucketLive); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketMeta).Put(keySchema, []byte{2})
-	})
+	closeAsSchema2(t, s, path)
 	s, err := Open(path, Options{})
 	if err != nil {
 		t.Fatalf("Open of a schema-2 file = %v", err)
