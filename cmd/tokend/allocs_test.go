@@ -9,7 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tokend/tokend/gateway"
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
@@ -39,14 +43,15 @@ const (
 // if m is set.
 func hotServer(tb testing.TB, m *telemetry.Metrics) (http.Handler, *rpc.Public, createdToken) {
 	tb.Helper()
-	h, public, tok, _ := hotServerStore(tb, m)
+	h, public, tok, _ := hotServerStore(tb, m, store.Options{})
 	return h, public, tok
 }
 
-// hotServerStore is hotServer, also returning the store.
-func hotServerStore(tb testing.TB, m *telemetry.Metrics) (http.Handler, *rpc.Public, createdToken, *store.Store) {
+// hotServerStore is hotServer on a store opened with opts, also returning
+// the store.
+func hotServerStore(tb testing.TB, m *telemetry.Metrics, opts store.Options) (http.Handler, *rpc.Public, createdToken, *store.Store) {
 	tb.Helper()
-	st, err := store.Open(filepath.Join(tb.TempDir(), "t.db"), store.Options{})
+	st, err := store.Open(filepath.Join(tb.TempDir(), "t.db"), opts)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -126,19 +131,84 @@ func TestRequestAllocationBudget(t *testing.T) {
 	}
 }
 
+// BenchmarkRESTGetToken is one REST GetToken of a token reading itself,
+// in-process (no socket; the request is built the same way for every
+// case), layer by layer, so that what each layer costs is a difference
+// within one run:
+//   - baseline=net-http: baseline A of the benchmark harness, an
+//     http.ServeMux handler writing the fixed example JSON;
+//   - baseline=gateway: tokend's REST gateway as served (the edge and its
+//     log line, grpc-gateway's generated handler, the contract's JSON)
+//     over a channel that answers a fixed token at once: no interceptor
+//     chain, authentication or storage;
+//   - metrics=off: all of tokend, the token in the lookup cache;
+//   - metrics=off,cache=off: the same with no lookup cache, so every
+//     lookup is a read transaction, as most are under the harness's load
+//     (every request names a different one of 100k tokens);
+//   - metrics=on: all of tokend with --metrics-addr set.
 func BenchmarkRESTGetToken(b *testing.B) {
+	get := func(b *testing.B, h http.Handler, tok createdToken) {
+		b.Helper()
+		b.ReportAllocs()
+		for b.Loop() {
+			if code := restGet(h, tok); code != http.StatusOK {
+				b.Fatalf("status %d", code)
+			}
+		}
+	}
+	b.Run("baseline=net-http", func(b *testing.B) {
+		body := []byte(`{"data":{"id":23145,"name":"CI Deployments","status":"active","last_used_at":"2024-04-11T14:35:05Z","usage_count":12,"expires_at":"2024-12-31T06:00:00Z","created_at":"2024-03-01T18:11:00Z","allowed_ips":["10.0.0.0/24","203.0.113.12"]}}`)
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /api/v1/me/tokens/{id}", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header()["Content-Type"] = []string{"application/json"}
+			_, _ = w.Write(body)
+		})
+		get(b, mux, createdToken{ID: 23145, Secret: "unused"})
+	})
+	b.Run("baseline=gateway", func(b *testing.B) {
+		h, err := gateway.New(context.Background(), gateway.Options{Conn: fixedConn{}, Logger: newLogger("json", discard{})})
+		if err != nil {
+			b.Fatal(err)
+		}
+		get(b, h, createdToken{ID: 23145, Secret: "unused"})
+	})
 	for _, bc := range []struct {
 		name    string
 		metrics *telemetry.Metrics
-	}{{"metrics=off", nil}, {"metrics=on", telemetry.NewMetrics(telemetry.Sources{})}} {
+		opts    store.Options
+	}{
+		{"metrics=off", nil, store.Options{}},
+		{"metrics=off,cache=off", nil, store.Options{CacheEntries: -1}},
+		{"metrics=on", telemetry.NewMetrics(telemetry.Sources{}), store.Options{}},
+	} {
 		b.Run(bc.name, func(b *testing.B) {
-			h, _, tok := hotServer(b, bc.metrics)
-			b.ReportAllocs()
-			for b.Loop() {
-				if code := restGet(h, tok); code != http.StatusOK {
-					b.Fatalf("status %d", code)
-				}
-			}
+			h, _, tok, _ := hotServerStore(b, bc.metrics, bc.opts)
+			get(b, h, tok)
 		})
 	}
+}
+
+// fixedConn answers every call with one fixed token, sharing it as the
+// in-process channel shares a handler's response: the cheapest service
+// the gateway can sit in front of.
+type fixedConn struct{}
+
+var fixedToken = &tokenv1.Token{
+	Id:         23145,
+	Name:       "CI Deployments",
+	Status:     tokenv1.TokenStatus_TOKEN_STATUS_ACTIVE,
+	LastUsedAt: timestamppb.New(time.Date(2024, 4, 11, 14, 35, 5, 0, time.UTC)),
+	UsageCount: 12,
+	ExpiresAt:  timestamppb.New(time.Date(2024, 12, 31, 6, 0, 0, 0, time.UTC)),
+	CreatedAt:  timestamppb.New(time.Date(2024, 3, 1, 18, 11, 0, 0, time.UTC)),
+	AllowedIps: []string{"10.0.0.0/24", "203.0.113.12"},
+}
+
+func (fixedConn) Invoke(_ context.Context, _ string, _, reply any, _ ...grpc.CallOption) error {
+	reply.(*tokenv1.GetTokenResponse).Token = fixedToken
+	return nil
+}
+
+func (fixedConn) NewStream(context.Context, *grpc.StreamDesc, string, ...grpc.CallOption) (grpc.ClientStream, error) {
+	return nil, status.Error(codes.Unimplemented, "fixedConn has no streams")
 }

@@ -79,7 +79,7 @@ func FuzzREST(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s.op, s.id, s.body)
 	}
-	h, _, caller, st := hotServerStore(f, nil)
+	h, _, caller, st := hotServerStore(f, nil, store.Options{})
 	f.Fuzz(func(t *testing.T, opIndex uint8, id, body string) {
 		op := fuzzOps[int(opIndex)%len(fuzzOps)]
 		// The caller's own token is never changed (revoked, rotated, or
