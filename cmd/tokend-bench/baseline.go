@@ -6,18 +6,24 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tokend/tokend/gateway"
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
+	"github.com/tokend/tokend/service/logjson"
 )
 
 // exampleBody is the seed's example REST response: the body baseline A
@@ -49,9 +55,16 @@ func exampleToken() *tokenv1.Token {
 	}
 }
 
+// The baseline server subcommands.
+const (
+	subBareHTTP    = "bare-http"
+	subGatewayOnly = "gateway-only"
+	subBareGRPC    = "bare-grpc"
+)
+
 // isChild reports whether args name a baseline server subcommand.
 func isChild(args []string) bool {
-	return len(args) > 0 && (args[0] == "bare-http" || args[0] == "bare-grpc")
+	return len(args) > 0 && slices.Contains([]string{subBareHTTP, subGatewayOnly, subBareGRPC}, args[0])
 }
 
 // runChild runs a baseline server subcommand until SIGTERM or SIGINT. It
@@ -74,15 +87,16 @@ func runChild(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	switch args[0] {
-	case "bare-http":
+	case subBareHTTP:
 		return serveBareHTTP(ctx, ln)
+	case subGatewayOnly:
+		return serveGatewayOnly(ctx, ln)
 	default:
 		return serveBareGRPC(ctx, ln)
 	}
 }
 
-// serveBareHTTP is baseline A: net/http returning the example JSON, with
-// the same server timeouts tokend sets.
+// serveBareHTTP is baseline A: net/http returning the example JSON.
 func serveBareHTTP(ctx context.Context, ln net.Listener) error {
 	body := []byte(exampleBody)
 	length := strconv.Itoa(len(body))
@@ -93,8 +107,51 @@ func serveBareHTTP(ctx context.Context, ln net.Listener) error {
 		h["Content-Length"] = []string{length}
 		_, _ = w.Write(body)
 	})
+	return serveHTTP(ctx, ln, mux)
+}
+
+// serveGatewayOnly is baseline G: tokend's REST gateway as tokend builds it
+// (the edge and its request log line, grpc-gateway's generated handler, the
+// contract's JSON, the problem writer) in front of a service that answers
+// the example token at once: no interceptor chain, authentication, storage
+// or usage counting. What G costs beyond A is the REST layer the design
+// fixes; what T-REST costs beyond G is tokend's service. The log lines are
+// formatted as tokend formats them and then dropped, where tokend writes
+// them to its log in 100 ms batches.
+func serveGatewayOnly(ctx context.Context, ln net.Listener) error {
+	h, err := gateway.New(ctx, gateway.Options{
+		Conn:   fixedConn{token: exampleToken()},
+		Logger: slog.New(logjson.NewHandler(io.Discard)),
+	})
+	if err != nil {
+		return err
+	}
+	return serveHTTP(ctx, ln, h)
+}
+
+// fixedConn is an in-process channel whose every GetToken answers token.
+// Like tokend's in-process channel it hands over the response rather than
+// copying it, and the gateway only reads it.
+type fixedConn struct{ token *tokenv1.Token }
+
+func (c fixedConn) Invoke(_ context.Context, method string, _, reply any, _ ...grpc.CallOption) error {
+	r, ok := reply.(*tokenv1.GetTokenResponse)
+	if !ok {
+		return status.Errorf(codes.Unimplemented, "%s is not served by this baseline", method)
+	}
+	r.Token = c.token
+	return nil
+}
+
+func (fixedConn) NewStream(_ context.Context, _ *grpc.StreamDesc, method string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
+	return nil, status.Errorf(codes.Unimplemented, "%s is not served by this baseline", method)
+}
+
+// serveHTTP serves h on ln until ctx is done, with the same server
+// timeouts tokend sets.
+func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,

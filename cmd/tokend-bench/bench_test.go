@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 }
 
 // TestQuickRun runs the whole harness in -quick mode: it builds tokend,
-// seeds a database, starts all three servers and drives every target.
+// seeds a database, starts all four servers and drives every target.
 func TestQuickRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds tokend and runs servers; skipped with -short")
@@ -75,8 +75,8 @@ func TestQuickRun(t *testing.T) {
 			}
 		}
 	}
-	if len(res.Ratios) != 12 || len(res.Goals) != 4 {
-		t.Errorf("%d ratio series and %d goals, want 12 and 4", len(res.Ratios), len(res.Goals))
+	if len(res.Ratios) != 20 || len(res.Goals) != 4 {
+		t.Errorf("%d ratio series and %d goals, want 20 and 4", len(res.Ratios), len(res.Goals))
 	}
 	if res.TokendExit != "exit 0" {
 		t.Errorf("tokend exit: %s", res.TokendExit)

@@ -17,13 +17,21 @@ import (
 // Target names.
 const (
 	nameA     = "A"
+	nameG     = "G"
 	nameTREST = "T-REST"
 	nameB     = "B"
 	nameTGRPC = "T-gRPC"
 )
 
 // targetOrder is the order of targets within a round, before rotation.
-var targetOrder = []string{nameA, nameTREST, nameB, nameTGRPC}
+var targetOrder = []string{nameA, nameG, nameTREST, nameB, nameTGRPC}
+
+// The ratios the issue sets targets for; the others (G/A, T-REST/G) say
+// where the REST gap lies.
+const (
+	ratioREST = nameTREST + "/" + nameA
+	ratioGRPC = nameTGRPC + "/" + nameB
+)
 
 // runResult is one measured run: one target at one client count in one
 // round. Round 0 is the warm-up.
@@ -266,11 +274,15 @@ func runCompare(ctx context.Context, cfg config, stdout io.Writer) (err error) {
 	fmt.Fprintf(stdout, "seeded in %.1fs (%.1f MB file)\n", float64(seeded.Seconds), float64(seeded.DBBytes)/1e6)
 	e.pin(cfg, stdout)
 
-	pA, addrA, err := startBaseline(ctx, ps, e.self, "bare-http", e.tmp, e.pinned)
+	pA, addrA, err := startBaseline(ctx, ps, e.self, subBareHTTP, e.tmp, e.pinned)
 	if err != nil {
 		return err
 	}
-	pB, addrB, err := startBaseline(ctx, ps, e.self, "bare-grpc", e.tmp, e.pinned)
+	pG, addrG, err := startBaseline(ctx, ps, e.self, subGatewayOnly, e.tmp, e.pinned)
+	if err != nil {
+		return err
+	}
+	pB, addrB, err := startBaseline(ctx, ps, e.self, subBareGRPC, e.tmp, e.pinned)
 	if err != nil {
 		return err
 	}
@@ -279,12 +291,13 @@ func runCompare(ctx context.Context, cfg config, stdout io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "A (bare net/http) on %s, B (bare grpc-go) on %s, tokend on %s (REST) and %s (gRPC), started in %v\n",
-		addrA, addrB, addrs.HTTP, addrs.GRPC, startDur.Round(time.Microsecond))
+	fmt.Fprintf(stdout, "A (bare net/http) on %s, G (tokend's gateway only) on %s, B (bare grpc-go) on %s, tokend on %s (REST) and %s (gRPC), started in %v\n",
+		addrA, addrG, addrB, addrs.HTTP, addrs.GRPC, startDur.Round(time.Microsecond))
 
 	maxC := slices.Max(cfg.Clients)
 	targets := map[string]*target{
 		nameA:     newHTTPTarget(nameA, pA, addrA, maxC, checkExample),
+		nameG:     newHTTPTarget(nameG, pG, addrG, maxC, checkExample),
 		nameTREST: newHTTPTarget(nameTREST, pT, addrs.HTTP, maxC, checkTokenJSON),
 	}
 	if targets[nameB], err = newGRPCTarget(nameB, pB, addrB, checkExampleProto); err != nil {
@@ -348,9 +361,10 @@ func runCompare(ctx context.Context, cfg config, stdout io.Writer) (err error) {
 				res.Runs = append(res.Runs, r)
 				byName[name] = r
 			}
-			fmt.Fprintf(stdout, "round %2d/%d  c=%-3d ratios: T-REST/A req/s %.3f, T-gRPC/B req/s %.3f; p50 T-REST/A %.2fx, T-gRPC/B %.2fx\n",
+			fmt.Fprintf(stdout, "round %2d/%d  c=%-3d ratios: T-REST/A req/s %.3f (G/A %.3f), T-gRPC/B req/s %.3f; p50 T-REST/A %.2fx, T-gRPC/B %.2fx\n",
 				round, cfg.Rounds, c,
 				ratio(float64(byName[nameTREST].RPS), float64(byName[nameA].RPS)),
+				ratio(float64(byName[nameG].RPS), float64(byName[nameA].RPS)),
 				ratio(float64(byName[nameTGRPC].RPS), float64(byName[nameB].RPS)),
 				ratio(float64(byName[nameTREST].P50us), float64(byName[nameA].P50us)),
 				ratio(float64(byName[nameTGRPC].P50us), float64(byName[nameB].P50us)))
@@ -457,13 +471,19 @@ func summarizeCompare(res *compareResults, cfg config) {
 	hi, lo := slices.Max(cfg.Clients), slices.Min(cfg.Clients)
 	var restRPS, grpcRPS, restP50, grpcP50 ratioSeries
 	for _, c := range cfg.Clients {
-		a := series("T-REST/A", "rps", c, perRound(nameTREST, nameA, c, rps))
-		b := series("T-gRPC/B", "rps", c, perRound(nameTGRPC, nameB, c, rps))
-		ap := series("T-REST/A", "p50", c, perRound(nameTREST, nameA, c, p50))
-		bp := series("T-gRPC/B", "p50", c, perRound(nameTGRPC, nameB, c, p50))
+		a := series(ratioREST, "rps", c, perRound(nameTREST, nameA, c, rps))
+		b := series(ratioGRPC, "rps", c, perRound(nameTGRPC, nameB, c, rps))
+		ap := series(ratioREST, "p50", c, perRound(nameTREST, nameA, c, p50))
+		bp := series(ratioGRPC, "p50", c, perRound(nameTGRPC, nameB, c, p50))
 		// Baseline over tokend, so that higher is better like req/s.
-		series("T-REST/A", "cpu_efficiency", c, perRound(nameA, nameTREST, c, cpu))
-		series("T-gRPC/B", "cpu_efficiency", c, perRound(nameB, nameTGRPC, c, cpu))
+		series(ratioREST, "cpu_efficiency", c, perRound(nameA, nameTREST, c, cpu))
+		series(ratioGRPC, "cpu_efficiency", c, perRound(nameB, nameTGRPC, c, cpu))
+		// Where the REST gap lies: the fixed REST layer (G/A) and
+		// tokend's service behind it (T-REST/G).
+		series(nameG+"/"+nameA, "rps", c, perRound(nameG, nameA, c, rps))
+		series(nameG+"/"+nameA, "cpu_efficiency", c, perRound(nameA, nameG, c, cpu))
+		series(nameTREST+"/"+nameG, "rps", c, perRound(nameTREST, nameG, c, rps))
+		series(nameTREST+"/"+nameG, "cpu_efficiency", c, perRound(nameG, nameTREST, c, cpu))
 		if c == hi {
 			restRPS, grpcRPS = a, b
 		}

@@ -24,7 +24,7 @@ import (
 
 // target is one server the load generator drives, over one transport.
 type target struct {
-	name   string // A, T-REST, B, T-gRPC
+	name   string // A, G, T-REST, B, T-gRPC
 	server *proc  // whose CPU time is measured
 	// REST
 	host string

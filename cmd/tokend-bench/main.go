@@ -6,10 +6,12 @@
 //	go run ./cmd/tokend-bench -scale 10000,100000,1000000
 //
 // It starts, as separate processes on 127.0.0.1, (A) a bare net/http server
-// returning the example token JSON, (B) a bare grpc-go server whose
-// GetToken returns the example token, and (T) tokend on a fresh bbolt file
-// seeded with -tokens tokens over -users users. One closed-loop load
-// generator drives them in interleaved rounds (A, T-REST, B, T-gRPC, the
+// returning the example token JSON, (G) tokend's REST gateway alone in front
+// of a service that answers the example token at once, (B) a bare grpc-go
+// server whose GetToken returns the example token, and (T) tokend on a
+// fresh bbolt file seeded with -tokens tokens over -users users. One
+// closed-loop load generator drives them in interleaved rounds (A, G,
+// T-REST, B, T-gRPC, the
 // starting target rotating each round) at each -clients count. Every
 // tokend request is an authenticated GetToken of the token whose secret it
 // carries, a different token each request, and every response's status and
@@ -21,8 +23,8 @@
 // instead measures tokend alone at each database size (GetToken latency at
 // one client, heap in use, start time) and writes scale.json and scale.md.
 //
-// The subcommands bare-http and bare-grpc are the baselines; the harness
-// runs them itself.
+// The subcommands bare-http, gateway-only and bare-grpc are the baselines;
+// the harness runs them itself.
 package main
 
 import (

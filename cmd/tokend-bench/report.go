@@ -83,6 +83,7 @@ func redraw(from, dir string, stdout io.Writer) error {
 
 var targetDesc = map[string]string{
 	nameA:     "A: bare net/http, fixed example JSON",
+	nameG:     "G: tokend's REST gateway only (edge, log line, grpc-gateway handler, contract JSON) over a service answering the example token at once",
 	nameTREST: "T-REST: tokend GET /api/v1/me/tokens/{id}",
 	nameB:     "B: bare grpc-go, fixed example Token",
 	nameTGRPC: "T-gRPC: tokend TokenService/GetToken",
@@ -95,10 +96,10 @@ func compareMarkdown(res *compareResults) string {
 	m, c := res.Machine, res.Config
 	fmt.Fprintf(&b, "# tokend vs bare baselines\n\n")
 	fmt.Fprintf(&b, "%s; %s, %d CPUs; %s; %s. %s.\n\n", m.Date, m.CPU, m.NumCPU, m.GoVersion, m.OS, m.PinNote)
-	fmt.Fprintf(&b, "%d rounds × %d client counts %v × 4 targets, %.1fs each after a %.1fs warm-up per target; "+
+	fmt.Fprintf(&b, "%d rounds × %d client counts %v × %d targets, %.1fs each after a %.1fs warm-up per target; "+
 		"closed loop, every response checked. tokend: %d tokens over %d users (seeded in %.1fs, %.1f MB file), "+
 		"started in %.0f ms; every tokend request is an authenticated GetToken with a different token. Total run %.0fs.\n\n",
-		c.Rounds, len(c.Clients), c.Clients, float64(c.DurationS), float64(c.WarmupS),
+		c.Rounds, len(c.Clients), c.Clients, len(targetOrder), float64(c.DurationS), float64(c.WarmupS),
 		res.Seed.Tokens, res.Seed.Users, float64(res.Seed.Seconds), float64(res.Seed.DBBytes)/1e6,
 		1000*float64(res.TokendStartSeconds), float64(res.TotalSeconds))
 	fmt.Fprintf(&b, "%s\n\n", sourceLine(m.Source))
@@ -133,7 +134,7 @@ func compareMarkdown(res *compareResults) string {
 		metric := map[string]string{
 			"rps":            "req/s",
 			"p50":            "p50 latency",
-			"cpu_efficiency": "CPU efficiency (baseline µs/req ÷ tokend µs/req)",
+			"cpu_efficiency": "CPU efficiency (denominator's µs/req ÷ numerator's)",
 		}[r.Metric]
 		fmt.Fprintf(&b, "| %s | %s | %d | %s | %s–%s | %s |\n", r.Name, metric, r.Clients,
 			fmtNum(r.Summary.Median, 3), fmtNum(r.Summary.Lo, 3), fmtNum(r.Summary.Hi, 3), strings.Join(per, " "))
@@ -175,12 +176,15 @@ func ratiosSVG(res *compareResults) string {
 	hiC, loC := slices.Max(res.Config.Clients), slices.Min(res.Config.Clients)
 	var rps, p50, cpu []group
 	for _, r := range res.Ratios {
+		if r.Name != ratioREST && r.Name != ratioGRPC {
+			continue // the plot shows the ratios; results.md has all
+		}
 		g := group{label: fmt.Sprintf("%s, %d client%s", r.Name, r.Clients, plural(r.Clients)), s: r, target: math.NaN()}
 		switch r.Metric {
 		case "rps", "cpu_efficiency":
 			if r.Clients == hiC {
 				g.target = 0.6
-				if r.Name == "T-gRPC/B" {
+				if r.Name == ratioGRPC {
 					g.target = 0.8
 				}
 				g.targetLbl = fmt.Sprintf("target ≥ %.1f", g.target)

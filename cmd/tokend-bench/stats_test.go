@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"io"
 	"math"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -248,5 +251,45 @@ func TestChecks(t *testing.T) {
 	}
 	if checkTokenProto(8, &tokenv1.GetTokenResponse{Token: tok}) == nil {
 		t.Error("checkTokenProto accepted another token")
+	}
+}
+
+// TestGatewayOnlyBaseline checks that baseline G is tokend's gateway, not
+// another bare handler: the example token's body byte for byte on the
+// API route, and the gateway's own problem details where the route does
+// not parse.
+func TestGatewayOnlyBaseline(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveGatewayOnly(ctx, ln) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serveGatewayOnly: %v", err)
+		}
+	}()
+	get := func(path string) (int, string, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + ln.Addr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, resp.Header.Get("Content-Type"), string(b)
+	}
+	code, ct, body := get("/api/v1/me/tokens/7")
+	if err := checkExample(7, code, ct, []byte(body)); err != nil {
+		t.Errorf("GET a token: %v", err)
+	}
+	if code, ct, body := get("/api/v1/me/tokens/seven"); code != http.StatusBadRequest || ct != "application/problem+json" {
+		t.Errorf("GET a token id that is not a number: %d %s %s, want the gateway's 400 problem", code, ct, body)
 	}
 }
