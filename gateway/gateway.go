@@ -66,7 +66,9 @@ func New(ctx context.Context, opts Options) (http.Handler, error) {
 		// Of the client's headers only Authorization (which the gateway
 		// always forwards as "authorization") and Idempotency-Key reach the
 		// service as such. grpc-gateway adds x-forwarded-for (the client's
-		// X-Forwarded-For plus the TCP peer) and x-forwarded-host itself,
+		// X-Forwarded-For plus the TCP peer; authentication reads the
+		// header's own lines from the edge instead, as grpc-gateway drops
+		// lines that are not valid metadata) and x-forwarded-host itself,
 		// and turns Grpc-Timeout into a deadline (which the server caps);
 		// authentication believes x-forwarded-for only from trusted proxies.
 		// Forwarding nothing else keeps clients from planting metadata,
@@ -214,6 +216,7 @@ func edge(log *slog.Logger, rt *router, next http.Handler) http.Handler {
 			ri.Peer = ap.Addr().Unmap()
 			ri.Client = ri.Peer
 		}
+		ri.ForwardedFor = r.Header.Values("X-Forwarded-For")
 		ctx := request.NewContext(r.Context(), ri)
 		r = r.WithContext(ctx)
 		sw := &statusWriter{ResponseWriter: w}

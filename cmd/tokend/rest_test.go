@@ -307,7 +307,14 @@ func TestRESTTrustedProxy(t *testing.T) {
 		{[]string{"10.1.2.3, 192.0.2.1"}, 401},   // rightmost untrusted hop is the client
 		{[]string{"10.1.2.3", "192.0.2.1"}, 401}, // likewise across lines
 		{[]string{"not-an-ip"}, 401},             // garbage ends the walk at the proxy
-		{nil, 401},                               // no header: the proxy itself is the client
+		// A proxy appends the client's address to the client's own value
+		// ("$http_x_forwarded_for, $remote_addr"). A value that is not valid
+		// gRPC metadata (grpc-gateway drops such a line whole) still names
+		// the client the proxy appended.
+		{[]string{"\u00e9, 192.0.2.1"}, 401},
+		{[]string{"\u00e9, 10.1.2.3"}, 200},
+		{[]string{"x\ty, 192.0.2.1"}, 401},
+		{nil, 401}, // no header: the proxy itself is the client
 	} {
 		headers := []string{bearer(f.restricted.Secret)}
 		for _, v := range tc.xff {
@@ -317,6 +324,14 @@ func TestRESTTrustedProxy(t *testing.T) {
 		if resp.StatusCode != tc.want {
 			t.Errorf("X-Forwarded-For %q: status %d, want %d; body %s", tc.xff, resp.StatusCode, tc.want, body)
 		}
+	}
+	// A token kept to the proxy's own network is not opened to an outside
+	// client who makes its X-Forwarded-For line invalid metadata: had the
+	// line been dropped, the proxy would be taken for the client.
+	internal := createToken(t, s.db, "alice", "internal", "--allowed-ip", "127.0.0.0/8")
+	resp, body := s.get(t, tokenPath(internal.ID), bearer(internal.Secret), "X-Forwarded-For: \u00e9, 192.0.2.1")
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("outside client behind the proxy, invalid-metadata X-Forwarded-For: status %d, want 401; body %s", resp.StatusCode, body)
 	}
 }
 

@@ -289,7 +289,15 @@ func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) gr
 		} else {
 			peerAddr = PeerAddr(ctx) // a call that did not pass an edge (tests)
 		}
-		client := a.ClientAddr(peerAddr, metadata.ValueFromIncomingContext(ctx, "x-forwarded-for"))
+		var forwardedFor []string
+		if ri != nil {
+			// As the edge received them: for REST, not the x-forwarded-for
+			// metadata grpc-gateway rebuilds (see request.Info).
+			forwardedFor = ri.ForwardedFor
+		} else {
+			forwardedFor = metadata.ValueFromIncomingContext(ctx, "x-forwarded-for")
+		}
+		client := a.ClientAddr(peerAddr, forwardedFor)
 		if ri != nil {
 			ri.Client = client
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -27,7 +28,9 @@ func callCtx(addr string, kv ...string) (context.Context, *request.Info) {
 	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(kv...))
 	ap := netip.MustParseAddrPort(addr)
 	ctx = peer.NewContext(ctx, &peer.Peer{Addr: net.TCPAddrFromAddrPort(ap)})
-	ri := &request.Info{TraceID: "4bf92f3577b34da6a3ce929d0e0e4736", Peer: ap.Addr()}
+	// As the gRPC edge (rpc.startCall) starts it.
+	ri := &request.Info{TraceID: "4bf92f3577b34da6a3ce929d0e0e4736", Peer: ap.Addr(),
+		ForwardedFor: metadata.ValueFromIncomingContext(ctx, "x-forwarded-for")}
 	return request.NewContext(ctx, ri), ri
 }
 
@@ -126,7 +129,7 @@ func TestUnaryInterceptorPublicMethod(t *testing.T) {
 		if p, ok := auth.FromContext(h.ctx); ok {
 			t.Errorf("metadata %q: public method handler got principal %+v", kv, p)
 		}
-		if *ri != (request.Info{TraceID: ri.TraceID, Peer: ri.Peer}) {
+		if !reflect.DeepEqual(*ri, request.Info{TraceID: ri.TraceID, Peer: ri.Peer, ForwardedFor: ri.ForwardedFor}) {
 			t.Errorf("metadata %q: public method touched request.Info: %+v", kv, ri)
 		}
 	}

@@ -29,6 +29,13 @@ type Info struct {
 	// gRPC connection), set by the edge. Only tokend's own edges create an
 	// Info, so nothing a client sends can set it.
 	Peer netip.Addr
+	// ForwardedFor are the X-Forwarded-For values as the transport received
+	// them (the HTTP header's lines, or the gRPC metadata's values), set by
+	// the edge. Authentication believes them only from a trusted peer.
+	// They are read here, not from metadata the gateway builds, because
+	// grpc-gateway drops any value that is not valid gRPC metadata whole,
+	// and a proxy appends the client's address to the client's own value.
+	ForwardedFor []string
 	// Client is the client address as derived by authentication (the TCP
 	// peer, or a forwarded address from a trusted proxy).
 	Client netip.Addr

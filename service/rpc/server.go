@@ -233,14 +233,15 @@ func streamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
 
 // startCall starts the Info of a call that arrived over gRPC: its trace id
 // from the traceparent metadata (the first, as OpenTelemetry's propagator
-// reads it) or fresh, and the transport peer.
+// reads it) or fresh, the transport peer and the x-forwarded-for values.
 func startCall(ctx context.Context) (context.Context, *request.Info) {
 	var tp string
 	if v := metadata.ValueFromIncomingContext(ctx, "traceparent"); len(v) > 0 {
 		tp = v[0]
 	}
 	peerAddr := auth.PeerAddr(ctx)
-	ri := &request.Info{TraceID: request.TraceIDFrom(ctx, tp), Peer: peerAddr, Client: peerAddr}
+	ri := &request.Info{TraceID: request.TraceIDFrom(ctx, tp), Peer: peerAddr, Client: peerAddr,
+		ForwardedFor: metadata.ValueFromIncomingContext(ctx, "x-forwarded-for")}
 	return request.NewContext(ctx, ri), ri
 }
 
