@@ -65,11 +65,19 @@ var (
 // ErrUnavailable means a transaction could not be begun or committed: for
 // a write, the disk is full, the file may not grow, or the file system went
 // read-only or failed, and reads still work; for any call, the database is
-// closed or unreadable. Nothing of the transaction was written, and the
-// same call may succeed later. It wraps the cause, so errors.Is sees both.
-// Errors of the transaction's own logic (token.ErrNotFound,
-// token.ErrConflict, ErrCorrupt, ...) are never it.
+// closed or unreadable. Nothing of the transaction was written (unless the
+// error is also ErrNotDurable), and the same call may succeed later. It
+// wraps the cause, so errors.Is sees both. Errors of the transaction's own
+// logic (token.ErrNotFound, token.ErrConflict, ErrCorrupt, ...) are never
+// it.
 var ErrUnavailable = errors.New("storage unavailable")
+
+// ErrNotDurable, always with ErrUnavailable, means a write's commit failed
+// only at its last step, the sync of the new meta page: the write is in
+// the file's pages that later reads and writes see, so it took effect for
+// this process, but the disk may not hold it, and a crash may undo it.
+// bbolt reports this as a failed commit.
+var ErrNotDurable = errors.New("write took effect but may not be on disk")
 
 var (
 	bucketMeta    = []byte("meta")
@@ -110,6 +118,10 @@ type Store struct {
 	// hookCommitted, if set, runs between a write's commit and its cache
 	// upkeep. Tests only.
 	hookCommitted func()
+	// hookCommitErr, if set, runs after a write commits; an error it
+	// returns is taken for one bbolt returned from that commit, as a
+	// failed sync of the meta page makes it do. Tests only.
+	hookCommitErr func() error
 }
 
 // writeCheck is one CheckWritable write, which any number of callers may
@@ -335,11 +347,27 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 // cache upkeep in after: were it done once the next write is free to
 // commit, a flush's late refresh could restore a copy of a token that a
 // revoke committed meanwhile.
+//
+// A failed commit may have taken effect all the same (ErrNotDurable): then
+// after runs too, for the cache must follow what reads of the file see (a
+// revoked token must not go on authenticating from the cache).
 func (s *Store) updateThen(fn func(*bolt.Tx) error, after func()) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	err := inTx(s.db, true, fn)
-	if err == nil {
+	var txid int
+	err := inTx(s.db, true, func(tx *bolt.Tx) error {
+		txid = tx.ID()
+		return fn(tx)
+	})
+	if err == nil && s.hookCommitErr != nil {
+		if herr := s.hookCommitErr(); herr != nil {
+			err = fmt.Errorf("%w: %w", ErrUnavailable, herr)
+		}
+	}
+	if errors.Is(err, ErrUnavailable) && s.tookEffect(txid) {
+		err = fmt.Errorf("%w: %w", ErrNotDurable, err)
+	}
+	if err == nil || errors.Is(err, ErrNotDurable) {
 		if s.hookCommitted != nil {
 			s.hookCommitted()
 		}
@@ -348,6 +376,23 @@ func (s *Store) updateThen(fn func(*bolt.Tx) error, after func()) error {
 		}
 	}
 	return err
+}
+
+// tookEffect reports whether the write transaction txid (zero if it never
+// began) is visible to a new read transaction, whose id is that of the
+// last write whose meta page is in the file. bbolt rolls back a commit
+// whose meta page sync fails, but the page is written already: the file
+// as read by this process has the write.
+func (s *Store) tookEffect(txid int) bool {
+	if txid == 0 {
+		return false
+	}
+	var seen bool
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		seen = tx.ID() >= txid
+		return nil
+	})
+	return seen
 }
 
 // CheckWritable commits a small write (the time of the check, in the meta

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"syscall"
 	"testing"
 	"time"
 
@@ -43,6 +44,9 @@ func checkWrites(t *testing.T, s *Store, tok token.Token, isCause func(error) bo
 		err := w.call()
 		if !errors.Is(err, ErrUnavailable) || !isCause(err) {
 			t.Errorf("%s = %v, want ErrUnavailable wrapping the cause", w.name, err)
+		}
+		if errors.Is(err, ErrNotDurable) {
+			t.Errorf("%s = %v, want nothing written, not ErrNotDurable", w.name, err)
 		}
 	}
 }
@@ -137,5 +141,45 @@ func TestUpdateClassifiesByOrigin(t *testing.T) {
 	err := s.update(func(*bolt.Tx) error { ran = true; return nil })
 	if !errors.Is(err, ErrUnavailable) || ran {
 		t.Errorf("update on a closed file = %v (fn ran: %v), want ErrUnavailable without running fn", err, ran)
+	}
+}
+
+// TestCommitFailingAtItsLastSyncTakesEffect: bbolt reports a commit whose
+// meta page sync fails as failed, though the page is written and later
+// reads see the write. hookCommitErr stands in for that failure after a
+// real commit. The write is ErrUnavailable and ErrNotDurable, and the
+// lookup cache follows the file: a flush's counts are in it, and a revoked
+// token does not go on authenticating from it.
+func TestCommitFailingAtItsLastSyncTakesEffect(t *testing.T) {
+	s, _ := openTemp(t)
+	tok, h := create(t, s, "alice", "a")
+	if _, err := s.Lookup(h, t0); err != nil { // now cached
+		t.Fatal(err)
+	}
+	failLate := func(what string, write func() error) {
+		t.Helper()
+		s.hookCommitErr = func() error { return syscall.EIO }
+		defer func() { s.hookCommitErr = nil }()
+		if err := write(); !errors.Is(err, ErrUnavailable) || !errors.Is(err, ErrNotDurable) || !errors.Is(err, syscall.EIO) {
+			t.Fatalf("%s = %v, want ErrUnavailable and ErrNotDurable wrapping EIO", what, err)
+		}
+	}
+
+	failLate("ApplyUsage", func() error {
+		return s.ApplyUsage(7, map[uint64]usage.Delta{tok.ID: {Count: 2, Last: t0.Unix()}})
+	})
+	if n, err := s.LastUsageBatch(); err != nil || n != 7 {
+		t.Errorf("LastUsageBatch = %d, %v; want 7, the batch that took effect", n, err)
+	}
+	if got, err := s.Lookup(h, t0); err != nil || got.UsageCount != 2 || got.UsageBatch != 7 {
+		t.Errorf("Lookup after the flush = count %d batch %d, %v; want 2 and 7", got.UsageCount, got.UsageBatch, err)
+	}
+
+	failLate("Revoke", func() error { _, err := s.Revoke("alice", tok.ID, t0); return err })
+	if got, err := s.GetForUser("alice", tok.ID); err != nil || got.Status(t0) != token.StatusRevoked {
+		t.Fatalf("GetForUser after the revoke = %+v, %v; want it revoked", got, err)
+	}
+	if got, err := s.Lookup(h, t0); err != nil || got.Status(t0) != token.StatusRevoked {
+		t.Errorf("Lookup after the revoke = %v (%v); want the revoked token, not the cached active one", got.Status(t0), err)
 	}
 }

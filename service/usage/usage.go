@@ -32,9 +32,11 @@ type Delta struct {
 type Store interface {
 	// ApplyUsage adds the deltas to the tokens in one transaction and
 	// stamps each with batch, so readers can tell whether a token read from
-	// disk already includes it.
+	// disk already includes it. The same transaction records batch as the
+	// last applied.
 	ApplyUsage(batch uint64, deltas map[uint64]Delta) error
-	// LastUsageBatch returns the number of the last batch applied.
+	// LastUsageBatch returns the number of the last batch applied: after
+	// ApplyUsage fails, whether its batch took effect all the same.
 	LastUsageBatch() (uint64, error)
 }
 
@@ -170,12 +172,22 @@ func (r *Recorder) Flush() error {
 	r.mu.Unlock()
 
 	err := r.store.ApplyUsage(batch, deltas)
+	// A failed commit can have taken effect all the same (a failed sync of
+	// bbolt's last page): the batch number, stamped in the same
+	// transaction, says whether the file has it. Folded back, its uses
+	// would count twice.
+	applied := err == nil
+	if !applied {
+		last, lerr := r.store.LastUsageBatch()
+		applied = lerr == nil && last >= batch
+	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err != nil {
-		// Fold the batch back into pending. Its number is spent: disk never
-		// saw it, so no token carries it, and the next batch is higher.
+	if !applied {
+		// Fold the batch back into pending. Its number is spent: the file
+		// does not have it, so no token carries it, and the next batch is
+		// higher.
 		for id, d := range deltas {
 			p := r.pending[id]
 			p.Count += d.Count
@@ -187,8 +199,15 @@ func (r *Recorder) Flush() error {
 		r.failures++
 	} else {
 		r.gen.Add(1)
-		r.lastErr = nil
-		r.flushed = swapped
+		if err == nil {
+			r.lastErr = nil
+			r.flushed = swapped
+		} else {
+			// Reads have the batch, but the disk may not: the error still
+			// shows (readiness, the flush-lag metric does not advance).
+			r.lastErr = err
+			r.failures++
+		}
 	}
 	r.nInflight = 0
 	clear(deltas)

@@ -198,7 +198,10 @@ var errDisk = errors.New("disk on fire")
 type failStore struct {
 	*store.Store
 	failing atomic.Bool
-	during  func()
+	// tookEffect makes a failing ApplyUsage commit before it fails, as a
+	// commit whose last sync fails does.
+	tookEffect atomic.Bool
+	during     func()
 
 	mu      sync.Mutex
 	batches []uint64
@@ -212,6 +215,11 @@ func (f *failStore) ApplyUsage(batch uint64, deltas map[uint64]usage.Delta) erro
 		f.during()
 	}
 	if f.failing.Load() {
+		if f.tookEffect.Load() {
+			if err := f.Store.ApplyUsage(batch, deltas); err != nil {
+				return err
+			}
+		}
 		return errDisk
 	}
 	return f.Store.ApplyUsage(batch, deltas)
@@ -805,6 +813,35 @@ func TestFailedFlushKeepsUses(t *testing.T) {
 	}
 	if len(seen) != 4 {
 		t.Errorf("ApplyUsage calls = %v, want 4 (ok, fail, fail, ok)", seen)
+	}
+}
+
+// TestFailedFlushThatTookEffectCountsOnce: a commit whose last sync fails
+// is reported as failed though the file has it (bbolt has written the
+// meta page). Folded back into pending, its uses would count twice, on
+// every read and again on disk with the next flush.
+func TestFailedFlushThatTookEffectCountsOnce(t *testing.T) {
+	st := openTemp(t)
+	a, _ := create(t, st, "judy", "a")
+	fs, r := newFailRecorder(t, st, discard)
+	for range 5 {
+		r.Record(a.ID, t0)
+	}
+	fs.tookEffect.Store(true)
+	failFlush(t, fs, r, "Flush whose commit took effect")
+	if got := r.Pending(); got != 0 {
+		t.Errorf("Pending() = %d, want 0: the file has the batch", got)
+	}
+	if err := r.Err(); !errors.Is(err, errDisk) {
+		t.Errorf("Err() = %v, want %v: the disk may not hold the batch, readiness must say so", err, errDisk)
+	}
+	checkUsage(t, "a read after the flush", merged(t, st, r, a), 5, t0)
+
+	r.Record(a.ID, t0.Add(time.Second))
+	flush(t, r)
+	checkUsage(t, "a on disk after the next flush", stored(t, st, a), 6, t0.Add(time.Second))
+	if err := r.Err(); err != nil {
+		t.Errorf("Err() after a successful flush = %v, want nil", err)
 	}
 }
 
