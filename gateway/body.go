@@ -29,24 +29,34 @@ import (
 // exactly what the OpenAPI document says. The checked body is handed on
 // unchanged.
 //
-// It also answers a method that a literal path does not take (PATCH
-// /api/v1/me/tokens/current) with 405, where grpc-gateway would hand
-// "current" to a templated route as a malformed id.
+// It is also where routing is decided: a method that a literal path does
+// not take (PATCH /api/v1/me/tokens/current) is 405, where grpc-gateway
+// would hand "current" to a templated route as a malformed id, and a path
+// the route table does not match is 404; grpc-gateway sees only requests
+// the table routed.
 func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		res := router.resolve(r.Method, r.URL.Path)
-		if res.otherMethods {
+		res := router.resolve(r.Method, routingPath(r))
+		switch {
+		case res.otherMethods:
 			router.handleRoutingError(r.Context(), nil, nil, w, r, http.StatusMethodNotAllowed)
 			return
+		case res.route == nil:
+			// Refused here, not handed on: grpc-gateway would match routes
+			// this table does not (a {token_id} segment left empty, as in
+			// PATCH /api/v1/me/tokens/), and its generated handlers read the
+			// whole body before anything checks it.
+			router.handleRoutingError(r.Context(), nil, nil, w, r, http.StatusNotFound)
+			return
 		}
-		rt, ok := res.route, res.route != nil
-		if ok && rt.query != nil {
+		rt := res.route
+		if rt.query != nil {
 			if fields := vetQuery(r, rt.query); len(fields) > 0 {
 				writeProblem(w, r, http.StatusBadRequest, "The query string has invalid parameters.", fields...)
 				return
 			}
 		}
-		if !ok || rt.body == nil {
+		if rt.body == nil {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -87,6 +87,9 @@ func New(ctx context.Context, opts Options) (http.Handler, error) {
 		// Nor may a form POST stand in for a GET: the route table and
 		// Allow say which methods a path takes, and nothing else runs.
 		runtime.WithDisablePathLengthFallback(),
+		// Route on the path as escaped (see routingPath), as the route
+		// table does.
+		runtime.WithUnescapingMode(runtime.UnescapingModeAllExceptReserved),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, newRESTMarshaler()),
 		runtime.WithForwardResponseRewriter(rewriteResponse),
 		runtime.WithForwardResponseOption(forwardResponse),
@@ -393,10 +396,23 @@ func (rt *router) resolve(method, path string) resolution {
 	return res
 }
 
+// routingPath is the path requests are routed on, here and by grpc-gateway
+// (UnescapingModeAllExceptReserved): as the client escaped it, so that an
+// escaped slash (%2F) is part of a segment, not a separator, and
+// /api/v1/me/tokens/1%2Frotate is not another spelling of the rotate route.
+// net/url leaves RawPath empty when the path needs no escaping; then Path
+// is the same path.
+func routingPath(r *http.Request) string {
+	if r.URL.RawPath != "" {
+		return r.URL.RawPath
+	}
+	return r.URL.Path
+}
+
 // routeOf returns the template that r's path matches, the path itself for
 // the fixed documents and probes, or "unmatched".
 func (rt *router) routeOf(r *http.Request) string {
-	if t := rt.resolve(r.Method, r.URL.Path).template; t != "" {
+	if t := rt.resolve(r.Method, routingPath(r)).template; t != "" {
 		return t
 	}
 	switch r.URL.Path {
@@ -425,11 +441,12 @@ func (rt *router) literalPath(path string) bool {
 
 // allowedMethods lists the methods routed for r's path, for Allow.
 func (rt *router) allowedMethods(r *http.Request) []string {
-	literal := rt.literalPath(r.URL.Path)
+	path := routingPath(r)
+	literal := rt.literalPath(path)
 	var out []string
 	for i := range rt.routes {
 		c := &rt.routes[i]
-		if c.serves(r.URL.Path, literal) && !slices.Contains(out, c.method) {
+		if c.serves(path, literal) && !slices.Contains(out, c.method) {
 			out = append(out, c.method)
 		}
 	}

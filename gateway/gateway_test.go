@@ -378,8 +378,14 @@ func TestUnknownPaths(t *testing.T) {
 		"/api/v1/me/tokens/1/rotate/again",
 		"/api/v2/me/tokens/1",
 		"/API/V1/ME/TOKENS/1",
+		// An empty {token_id}, which grpc-gateway would route.
+		"/api/v1/me/tokens/",
+		"/api/v1/me/tokens//rotate",
+		// An escaped slash is not a separator.
+		"/api/v1/me/tokens%2F1",
+		"/api/v1/me/tokens%2Fcurrent",
 	} {
-		for _, m := range []string{http.MethodGet, http.MethodPost} {
+		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete} {
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, httptest.NewRequest(m, p, nil))
 			if rec.Code != http.StatusNotFound {
@@ -397,6 +403,74 @@ func TestUnknownPaths(t *testing.T) {
 	}
 	if got := conn.invoked(); len(got) != 0 {
 		t.Errorf("unknown paths reached the service: %q", got)
+	}
+}
+
+// TestUnroutedBodyIsNotRead: a request the route table does not route is
+// answered without reading its body. grpc-gateway's generated handlers
+// read a whole body before anything checks it, so handing such a request
+// on would let anyone, without a token, make the server hold any amount.
+func TestUnroutedBodyIsNotRead(t *testing.T) {
+	conn := &fakeConn{err: status.Error(codes.Internal, "must not be called")}
+	h := newHandler(t, conn, nil)
+	for _, target := range []struct{ method, path string }{
+		{http.MethodPatch, "/api/v1/me/tokens/"},
+		{http.MethodPost, "/api/v1/me/tokens//rotate"},
+		{http.MethodPost, "/api/v1/me/tokens/1/rotate/again"},
+	} {
+		body := &countingReader{left: 10 * DefaultMaxBodyBytes}
+		req := httptest.NewRequest(target.method, target.path, body)
+		req.Header.Set("Content-Type", "application/json")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusNotFound || body.read != 0 {
+			t.Errorf("%s %s: status %d after reading %d body bytes; want 404 and none read", target.method, target.path, rec.Code, body.read)
+		}
+	}
+	if got := conn.invoked(); len(got) != 0 {
+		t.Errorf("unrouted requests reached the service: %q", got)
+	}
+}
+
+// countingReader yields left bytes of '{' and counts what is read.
+type countingReader struct{ left, read int }
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	if c.left == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), c.left)
+	for i := range n {
+		p[i] = '{'
+	}
+	c.left -= n
+	c.read += n
+	return n, nil
+}
+
+// TestEscapedSlashIsNotASeparator: routing is on the path as the client
+// escaped it, so %2F cannot spell another route (a proxy in front that
+// allows or refuses by raw path would otherwise be bypassed).
+func TestEscapedSlashIsNotASeparator(t *testing.T) {
+	conn := &fakeConn{err: status.Error(codes.Internal, "must not be called")}
+	h := newHandler(t, conn, nil)
+	for _, tc := range []struct {
+		method, path string
+		want         int
+	}{
+		{http.MethodPost, "/api/v1/me/tokens/1%2Frotate", http.StatusMethodNotAllowed}, // the {token_id} route, which takes no POST
+		{http.MethodGet, "/api/v1/me/tokens/1%2Frotate", http.StatusBadRequest},        // ... and a malformed id
+		{http.MethodGet, "/api/v1/me/tokens/1%2F", http.StatusBadRequest},
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, nil))
+		if rec.Code != tc.want {
+			t.Errorf("%s %s: status %d, want %d; %s", tc.method, tc.path, rec.Code, tc.want, rec.Body)
+		}
+		decodeProblem(t, rec)
+	}
+	if got := conn.invoked(); len(got) != 0 {
+		t.Errorf("escaped-slash paths reached the service: %q", got)
 	}
 }
 
