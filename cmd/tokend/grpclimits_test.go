@@ -41,22 +41,20 @@ func rawH2(t *testing.T, addr string) (*http2.Framer, net.Conn) {
 	return fr, conn
 }
 
-// TestGRPCMaxConcurrentStreams checks that the gRPC server announces the
-// configured cap on concurrent calls per connection in its HTTP/2 settings,
-// where every client must obey it.
-func TestGRPCMaxConcurrentStreams(t *testing.T) {
+// TestGRPCSettingsAnnounceLimits checks that the gRPC server announces the
+// configured caps on concurrent calls per connection and on a call's
+// metadata in its HTTP/2 settings, where every client must obey them.
+func TestGRPCSettingsAnnounceLimits(t *testing.T) {
 	for _, tc := range []struct {
-		args []string
-		want uint32
+		args                []string
+		streams, headerList uint32
 	}{
-		{nil, 100},
-		{[]string{"--grpc-max-streams", "3"}, 3},
+		{nil, 100, 32 << 10},
+		{[]string{"--grpc-max-streams", "3", "--grpc-max-header-bytes", "8192"}, 3, 8192},
 	} {
 		s := startServer(t, "", tc.args...)
 		fr, _ := rawH2(t, s.addrs.GRPC)
-		var got uint32
-		found := false
-		for !found {
+		for {
 			f, err := fr.ReadFrame()
 			if err != nil {
 				t.Fatalf("reading the server's settings: %v", err)
@@ -65,13 +63,66 @@ func TestGRPCMaxConcurrentStreams(t *testing.T) {
 			if !ok || sf.IsAck() {
 				continue
 			}
-			got, found = sf.Value(http2.SettingMaxConcurrentStreams)
-			if !found {
-				t.Fatalf("flags %v: the server's settings carry no SETTINGS_MAX_CONCURRENT_STREAMS", tc.args)
+			for _, want := range []struct {
+				id    http2.SettingID
+				value uint32
+			}{{http2.SettingMaxConcurrentStreams, tc.streams}, {http2.SettingMaxHeaderListSize, tc.headerList}} {
+				if got, found := sf.Value(want.id); !found || got != want.value {
+					t.Errorf("flags %v: %v = %d (sent: %v), want %d", tc.args, want.id, got, found, want.value)
+				}
 			}
+			break
 		}
-		if got != tc.want {
-			t.Errorf("flags %v: SETTINGS_MAX_CONCURRENT_STREAMS = %d, want %d", tc.args, got, tc.want)
+	}
+}
+
+// TestGRPCMetadataCap checks that the server itself enforces the metadata
+// cap: a call within it is served, and a raw stream whose header list
+// exceeds it (a client need not obey the announced setting) is refused at
+// once, not held. The stream sends no message, so without the cap the
+// server would wait for one, holding the header list, until the read
+// deadline here runs out.
+func TestGRPCMetadataCap(t *testing.T) {
+	s := startServer(t, "", "--grpc-max-header-bytes", "8192")
+	tok := createToken(t, s.db, "alice", "metadata")
+	ctx := as(testCtx(t), tok.Secret, "x-pad", strings.Repeat("p", 1<<10))
+	if _, err := s.grpcClient().GetToken(ctx, &tokenv1.GetTokenRequest{TokenId: tok.ID}); err != nil {
+		t.Fatalf("1 KiB of metadata under an 8 KiB cap: %v", err)
+	}
+
+	fr, conn := rawH2(t, s.addrs.GRPC)
+	if err := conn.SetDeadline(time.Now().Add(3 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	var hdr bytes.Buffer
+	enc := hpack.NewEncoder(&hdr)
+	fields := [][2]string{
+		{":method", "POST"}, {":scheme", "http"}, {":path", "/tokend.v1.TokenService/GetToken"},
+		{":authority", s.addrs.GRPC}, {"content-type", "application/grpc"}, {"te", "trailers"},
+		{"authorization", "Bearer " + tok.Secret},
+	}
+	for i := range 3 { // 12 KiB in all, each field under the cap
+		fields = append(fields, [2]string{fmt.Sprintf("x-pad-%d", i), strings.Repeat("p", 4<<10)})
+	}
+	for _, f := range fields {
+		if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hdr.Bytes(), EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := fr.ReadFrame()
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			t.Fatal("a stream over the metadata cap was held open, not refused")
+		case err != nil:
+			t.Fatalf("the connection ended (%v) instead of the stream being reset", err)
+		}
+		if rst, ok := f.(*http2.RSTStreamFrame); ok && rst.StreamID == 1 {
+			return
 		}
 	}
 }

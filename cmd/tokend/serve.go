@@ -105,6 +105,8 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		"largest gRPC request message; larger gets ResourceExhausted")
 	grpcStreams := rawFlag(fs, getenv, "grpc-max-streams", "TOKEND_GRPC_MAX_STREAMS", strconv.Itoa(int(grpcDef.MaxConcurrentStreams)),
 		"most concurrent calls on one gRPC connection")
+	grpcHeader := rawFlag(fs, getenv, "grpc-max-header-bytes", "TOKEND_GRPC_MAX_HEADER_BYTES", strconv.Itoa(int(grpcDef.MaxHeaderListBytes)),
+		"largest gRPC call metadata (HTTP/2 header list); a stream beyond it is reset")
 	grpcCall := rawFlag(fs, getenv, "max-call-duration", "TOKEND_MAX_CALL_DURATION", grpcDef.MaxCallDuration.String(),
 		"longest any call may run, over gRPC or REST, whatever deadline the client asks for; beyond it DeadlineExceeded / 504")
 	fs.StringVar(&cfg.DebugAddr, "debug-addr", envOr(getenv, "TOKEND_DEBUG_ADDR", ""), "if set, serve expvar and pprof on this address; keep it on loopback (env TOKEND_DEBUG_ADDR)")
@@ -162,6 +164,11 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		return cfg, fmt.Errorf("%w: --grpc-max-streams must be a positive whole number, got %q", errUsage, *grpcStreams)
 	}
 	cfg.GRPC.MaxConcurrentStreams = uint32(streams)
+	header, err := strconv.ParseUint(*grpcHeader, 10, 32)
+	if err != nil || header < 4096 {
+		return cfg, fmt.Errorf("%w: --grpc-max-header-bytes must be a whole number of at least 4096, got %q", errUsage, *grpcHeader)
+	}
+	cfg.GRPC.MaxHeaderListBytes = uint32(header)
 	if cfg.GRPC.MaxCallDuration, err = time.ParseDuration(*grpcCall); err != nil || cfg.GRPC.MaxCallDuration <= 0 {
 		return cfg, fmt.Errorf("%w: --max-call-duration must be a positive duration such as 10s, got %q", errUsage, *grpcCall)
 	}

@@ -66,6 +66,7 @@ func TestServeRefusesBadFlags(t *testing.T) {
 		{"--trace-sample-ratio", "NaN"},
 		{"--grpc-max-recv-bytes", "100"},
 		{"--grpc-max-streams", "0"},
+		{"--grpc-max-header-bytes", "100"},
 		{"--max-call-duration", "-1s"},
 		{"--usage-flush-interval", "2m"},
 		{"--http-max-header-bytes", "10"},
@@ -99,13 +100,14 @@ func TestServeRefusesBadFlags(t *testing.T) {
 // flags (and their environment variables) end up in the configuration the
 // server is built from.
 func TestServeFlagsReachTheServer(t *testing.T) {
-	env := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector.example:4317", "TOKEND_GRPC_MAX_STREAMS": "7"}
+	env := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector.example:4317", "TOKEND_GRPC_MAX_STREAMS": "7",
+		"TOKEND_GRPC_MAX_HEADER_BYTES": "8192"}
 	cfg, err := parseServe([]string{"--grpc-max-recv-bytes", "8192", "--max-call-duration", "3s", "--metrics-addr", "127.0.0.1:9464",
 		"--trace-sample-ratio", "0.25"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.GRPC.MaxRecvMsgBytes != 8192 || cfg.GRPC.MaxConcurrentStreams != 7 || cfg.GRPC.MaxCallDuration != 3*time.Second {
+	if cfg.GRPC.MaxRecvMsgBytes != 8192 || cfg.GRPC.MaxConcurrentStreams != 7 || cfg.GRPC.MaxHeaderListBytes != 8192 || cfg.GRPC.MaxCallDuration != 3*time.Second {
 		t.Errorf("gRPC limits = %+v", cfg.GRPC)
 	}
 	if cfg.MetricsAddr != "127.0.0.1:9464" || cfg.Tracing.Endpoint != "https://collector.example:4317" ||

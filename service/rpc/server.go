@@ -60,6 +60,10 @@ type ServerLimits struct {
 	MaxRecvMsgBytes int
 	// MaxConcurrentStreams caps the calls in flight on one connection.
 	MaxConcurrentStreams uint32
+	// MaxHeaderListBytes caps a call's metadata (HTTP/2 header list, as
+	// HPACK-decoded); a stream beyond it is reset. Without it grpc-go
+	// accepts 16 MiB per stream, held before any interceptor runs.
+	MaxHeaderListBytes uint32
 	// MaxCallDuration caps every call's deadline, whatever the client asks
 	// for (its own deadline, or the gateway's Grpc-Timeout header): a call
 	// that reaches it ends with DeadlineExceeded (REST: 504). Reads do not
@@ -71,7 +75,7 @@ type ServerLimits struct {
 // DefaultServerLimits are the limits of a server started without flags.
 // The largest valid request is under 4 KiB.
 func DefaultServerLimits() ServerLimits {
-	return ServerLimits{MaxRecvMsgBytes: 64 << 10, MaxConcurrentStreams: 100, MaxCallDuration: 10 * time.Second}
+	return ServerLimits{MaxRecvMsgBytes: 64 << 10, MaxConcurrentStreams: 100, MaxHeaderListBytes: 32 << 10, MaxCallDuration: 10 * time.Second}
 }
 
 func (l ServerLimits) orDefault() ServerLimits {
@@ -81,6 +85,9 @@ func (l ServerLimits) orDefault() ServerLimits {
 	}
 	if l.MaxConcurrentStreams == 0 {
 		l.MaxConcurrentStreams = def.MaxConcurrentStreams
+	}
+	if l.MaxHeaderListBytes == 0 {
+		l.MaxHeaderListBytes = def.MaxHeaderListBytes
 	}
 	if l.MaxCallDuration <= 0 {
 		l.MaxCallDuration = def.MaxCallDuration
@@ -98,14 +105,15 @@ func (l ServerLimits) orDefault() ServerLimits {
 const streamWorkers = 64
 
 // serverOptions are the transport limits of a network gRPC server:
-// message size, streams per connection, and keepalive enforcement, so an
-// idle or pinging client cannot hold resources forever; and its stream
-// workers.
+// message and metadata size, streams per connection, and keepalive
+// enforcement, so an idle or pinging client cannot hold resources forever;
+// and its stream workers.
 func serverOptions(l ServerLimits) []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.NumStreamWorkers(streamWorkers),
 		grpc.MaxRecvMsgSize(l.MaxRecvMsgBytes),
 		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
+		grpc.MaxHeaderListSize(l.MaxHeaderListBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
 	}
