@@ -143,8 +143,14 @@ func tooLarge(max int64) string {
 }
 
 func isJSON(contentType string) bool {
-	mt, _, err := mime.ParseMediaType(contentType)
-	return err == nil && mt == "application/json"
+	mt, params, err := mime.ParseMediaType(contentType)
+	if err != nil || mt != "application/json" {
+		return false
+	}
+	// JSON is UTF-8 (RFC 8259); a body declared in another charset would
+	// be read as UTF-8 all the same.
+	cs, ok := params["charset"]
+	return !ok || strings.EqualFold(cs, "utf-8")
 }
 
 // vetJSON checks data against rt's body message. It returns a detail and

@@ -457,6 +457,7 @@ func TestLifecycleRESTCreate(t *testing.T) {
 			{"trailing garbage", jsonType, `{"name":"x"} x`, nil, 400, []string{}, ""},
 			{"text/plain", "text/plain", `{"name":"x"}`, nil, 415, nil, "application/json"},
 			{"no Content-Type", "", `{"name":"x"}`, nil, 415, nil, "application/json"},
+			{"JSON in another charset", jsonType + "; charset=latin1", `{"name":"x"}`, nil, 415, nil, "application/json"},
 			{"form", "application/x-www-form-urlencoded", `name=x`, nil, 415, nil, ""},
 			{"short Idempotency-Key", jsonType, `{"name":"x"}`, []string{"Idempotency-Key: abc"}, 400, []string{"Idempotency-Key"}, "16"},
 		} {
