@@ -671,6 +671,15 @@ func TestCLIServeEnvironment(t *testing.T) {
 			t.Errorf("trusted proxies = %v, want only the flag's %v", cfg.TrustedProxies, want)
 		}
 	})
+	t.Run("IPv4-mapped trusted proxy", func(t *testing.T) {
+		cfg, err := parseServe([]string{"--trusted-proxy", "::ffff:10.0.0.0/104"}, env(nil), &stderr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}; !reflect.DeepEqual(cfg.TrustedProxies, want) {
+			t.Errorf("trusted proxies = %v, want the IPv4 range %v, which unmapped peers can match", cfg.TrustedProxies, want)
+		}
+	})
 	for _, bad := range []string{"10.0.0.1/8", "nonsense", "10.0.0.1"} {
 		t.Run("bad trusted proxy "+bad, func(t *testing.T) {
 			_, err := parseServe([]string{"--trusted-proxy", bad}, env(nil), &stderr)

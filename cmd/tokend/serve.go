@@ -209,6 +209,14 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		if prefix.Masked() != prefix {
 			return cfg, fmt.Errorf("%w: --trusted-proxy %q has host bits set; did you mean %s?", errUsage, p, prefix.Masked())
 		}
+		// Peers are compared unmapped (an IPv4 client over an IPv6 socket
+		// is its IPv4 address), so an IPv4-mapped range is kept as the IPv4
+		// range it means; as written it could never match. (A masked
+		// IPv4-mapped range has at least 96 bits: a shorter one would cut
+		// into the ffff.)
+		if a := prefix.Addr(); a.Is4In6() {
+			prefix = netip.PrefixFrom(a.Unmap(), prefix.Bits()-96)
+		}
 		cfg.TrustedProxies = append(cfg.TrustedProxies, prefix)
 	}
 	if cfg.LogFormat != "json" && cfg.LogFormat != "text" {
