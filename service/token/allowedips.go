@@ -61,10 +61,9 @@ func parseEntry(e string) (netip.Prefix, error) {
 	if p.Masked() != p {
 		return netip.Prefix{}, fmt.Errorf("%w: allowed_ips entry %q has host bits set; did you mean %s?", ErrInvalid, quoted, p.Masked())
 	}
+	// An IPv4-mapped range means its IPv4 range. (Masked, it has at least
+	// 96 bits: a shorter one would cut into the ffff.)
 	if a := p.Addr(); a.Is4In6() {
-		if p.Bits() < 96 {
-			return netip.Prefix{}, fmt.Errorf("%w: allowed_ips entry %q mixes IPv4-mapped and plain IPv6 space", ErrInvalid, quoted)
-		}
 		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
 	}
 	return p, nil
