@@ -140,13 +140,17 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("REST without credentials from a throttled address: %d, want 429", got)
 	}
 
-	// Wait for the 5 uses to be flushed, then read everything at once.
+	// Wait for the 5 uses to be flushed, then read everything at once. A
+	// scrape reads its gauges one after another, so one taken while the
+	// flush commits can see the uses pending in one gauge (a lag) and
+	// written in another: wait for a scrape that saw them written in all.
 	var fams map[string]*dto.MetricFamily
 	if !waitFor(10*time.Second, func() bool {
 		fams = srv.scrape(t)
-		return metricValue(t, fams, "tokend_usage_pending") == 0 && metricValue(t, fams, "tokend_usage_flushes_total") >= 1
+		return metricValue(t, fams, "tokend_usage_pending") == 0 && metricValue(t, fams, "tokend_usage_flushes_total") >= 1 &&
+			metricValue(t, fams, "tokend_usage_flush_lag_seconds") == 0
 	}) {
-		t.Fatal("usage was not flushed within 10s")
+		t.Fatal("usage was not flushed within 10s (pending 0, a flush, and a flush lag of 0, in one scrape)")
 	}
 
 	route := "route=/api/v1/me/tokens/{token_id}"
