@@ -243,6 +243,19 @@ func newFailRecorder(t testing.TB, st *store.Store, log *slog.Logger) (*failStor
 	return fs, r
 }
 
+// withUses opens a store with one token of user's, and a failing-capable
+// recorder that has counted n uses of it at t0.
+func withUses(t *testing.T, user string, n int) (*store.Store, token.Token, *failStore, *usage.Recorder) {
+	t.Helper()
+	st := openTemp(t)
+	a, _ := create(t, st, user, "a")
+	fs, r := newFailRecorder(t, st, discard)
+	for range n {
+		r.Record(a.ID, t0)
+	}
+	return st, a, fs, r
+}
+
 // failFlush makes fs fail while r flushes once, and fails the test unless
 // that Flush returns errDisk; what names the flush in the failure.
 func failFlush(t *testing.T, fs *failStore, r *usage.Recorder, what string) {
@@ -500,12 +513,7 @@ func TestApplyDuringFlush(t *testing.T) {
 // runs, then merges. Merging that copy would miss the flushed batch, so
 // ApplySince must refuse it.
 func TestApplySinceRefusesCopyOlderThanFlush(t *testing.T) {
-	st := openTemp(t)
-	a, _ := create(t, st, "frank", "a")
-	fs, r := newFailRecorder(t, st, discard)
-	for range 5 {
-		r.Record(a.ID, t0)
-	}
+	st, a, fs, r := withUses(t, "frank", 5)
 	gen := r.Gen()
 	read := stored(t, st, a) // 0 on disk, 5 pending
 
@@ -821,12 +829,7 @@ func TestFailedFlushKeepsUses(t *testing.T) {
 // meta page). Folded back into pending, its uses would count twice, on
 // every read and again on disk with the next flush.
 func TestFailedFlushThatTookEffectCountsOnce(t *testing.T) {
-	st := openTemp(t)
-	a, _ := create(t, st, "judy", "a")
-	fs, r := newFailRecorder(t, st, discard)
-	for range 5 {
-		r.Record(a.ID, t0)
-	}
+	st, a, fs, r := withUses(t, "judy", 5)
 	fs.tookEffect.Store(true)
 	failFlush(t, fs, r, "Flush whose commit took effect")
 	if got := r.Pending(); got != 0 {
@@ -1229,12 +1232,7 @@ func BenchmarkRecordParallel(b *testing.B) {
 // which is the start of the last committed flush (uses recorded while it
 // commits are not on disk yet), not its end.
 func TestStats(t *testing.T) {
-	st := openTemp(t)
-	a, _ := create(t, st, "alice", "a")
-	fs, r := newFailRecorder(t, st, discard)
-	for range 3 {
-		r.Record(a.ID, t0)
-	}
+	_, a, fs, r := withUses(t, "alice", 3)
 	if s := r.Stats(); s.Pending != 3 || s.Flushes != 0 || s.Failures != 0 {
 		t.Fatalf("after 3 uses: %+v", s)
 	}
