@@ -57,6 +57,12 @@ type Recorder struct {
 	// nPending and nInflight are the uses in pending and inflight, kept
 	// as they change so that Stats need not walk the maps.
 	nPending, nInflight uint64
+	// owed is the uses of batches that took effect in the file though
+	// their commit failed at its last sync, so the disk may not hold them:
+	// not pending (reads must not add them again), but not known to be on
+	// disk until a later commit succeeds. While it is non-zero, Flush
+	// commits even with nothing pending.
+	owed uint64
 
 	flushMu sync.Mutex // one flush at a time
 }
@@ -152,12 +158,15 @@ func (r *Recorder) applyLocked(t *token.Token) {
 }
 
 // Flush writes all pending uses in one transaction. On failure they stay
-// pending, to be written by a later flush.
+// pending, to be written by a later flush. A commit that failed only at its
+// last sync took effect: its uses are in the file, and count as pending
+// (Pending, Stats) until a later flush commits, which the next Flush does
+// even if nothing new was recorded; until then Err reports the failure.
 func (r *Recorder) Flush() error {
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
 	r.mu.Lock()
-	if len(r.pending) == 0 {
+	if len(r.pending) == 0 && r.owed == 0 {
 		r.flushed = time.Now() // nothing was waiting: disk is up to date
 		r.mu.Unlock()
 		return nil
@@ -200,11 +209,15 @@ func (r *Recorder) Flush() error {
 	} else {
 		r.gen.Add(1)
 		if err == nil {
+			// Durable, and with it every batch before it.
+			r.owed = 0
 			r.lastErr = nil
 			r.flushed = swapped
 		} else {
-			// Reads have the batch, but the disk may not: the error still
-			// shows (readiness, the flush-lag metric does not advance).
+			// Reads have the batch, but the disk may not: the error shows
+			// (readiness), the uses count as pending (the flush lag keeps
+			// growing), and the next Flush commits again.
+			r.owed += r.nInflight
 			r.lastErr = err
 			r.failures++
 		}
@@ -228,7 +241,7 @@ func (r *Recorder) Err() error {
 func (r *Recorder) Pending() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.nPending + r.nInflight
+	return r.nPending + r.nInflight + r.owed
 }
 
 // Stats describe the Recorder for metrics.
@@ -239,7 +252,8 @@ type Stats struct {
 	// start of the last flush that committed, or the last flush that found
 	// nothing to write.
 	LastFlush time.Time
-	// Flushes and Failures count committed and failed flushes.
+	// Flushes and Failures count committed and failed flushes; one whose
+	// commit failed only at its last sync took effect, and counts in both.
 	Flushes, Failures uint64
 }
 
@@ -247,7 +261,7 @@ type Stats struct {
 func (r *Recorder) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return Stats{Pending: r.nPending + r.nInflight, LastFlush: r.flushed, Flushes: r.gen.Load(), Failures: r.failures}
+	return Stats{Pending: r.nPending + r.nInflight + r.owed, LastFlush: r.flushed, Flushes: r.gen.Load(), Failures: r.failures}
 }
 
 // Run flushes every interval until ctx is done. It does not flush at the
