@@ -36,7 +36,15 @@ import (
 // the table routed.
 func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		res := router.resolve(r.Method, routingPath(r))
+		path := routingPath(r)
+		if r.URL.RawPath != "" && path != r.URL.RawPath {
+			// grpc-gateway routes on RawPath: give it the same path.
+			r = r.WithContext(r.Context())
+			u := *r.URL
+			u.RawPath = path
+			r.URL = &u
+		}
+		res := router.resolve(r.Method, path)
 		switch {
 		case res.otherMethods:
 			router.handleRoutingError(r.Context(), nil, nil, w, r, http.StatusMethodNotAllowed)

@@ -397,16 +397,57 @@ func (rt *router) resolve(method, path string) resolution {
 }
 
 // routingPath is the path requests are routed on, here and by grpc-gateway
-// (UnescapingModeAllExceptReserved): as the client escaped it, so that an
-// escaped slash (%2F) is part of a segment, not a separator, and
-// /api/v1/me/tokens/1%2Frotate is not another spelling of the rotate route.
-// net/url leaves RawPath empty when the path needs no escaping; then Path
-// is the same path.
+// (UnescapingModeAllExceptReserved; checkBody hands it on as the request's
+// RawPath): as the client escaped it, so that an escaped slash (%2F) is
+// part of a segment, not a separator, and /api/v1/me/tokens/1%2Frotate is
+// not another spelling of the rotate route; but with escaped unreserved
+// characters decoded, which RFC 3986 (6.2.2.2) makes the same URI, so
+// /api/v1/me/%74okens is /api/v1/me/tokens. net/url leaves RawPath empty
+// when the path needs no escaping; then Path is the same path.
 func routingPath(r *http.Request) string {
-	if r.URL.RawPath != "" {
-		return r.URL.RawPath
+	if r.URL.RawPath == "" {
+		return r.URL.Path
 	}
-	return r.URL.Path
+	return decodeUnreserved(r.URL.RawPath)
+}
+
+// decodeUnreserved decodes the escapes in p of unreserved characters
+// (letters, digits, "-", ".", "_", "~") and keeps every other escape.
+func decodeUnreserved(p string) string {
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		if p[i] == '%' && i+2 < len(p) {
+			if c, ok := unhex2(p[i+1], p[i+2]); ok && unreserved(c) {
+				b.WriteByte(c)
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(p[i])
+	}
+	return b.String()
+}
+
+func unhex2(hi, lo byte) (byte, bool) {
+	h, ok1 := unhex(hi)
+	l, ok2 := unhex(lo)
+	return h<<4 | l, ok1 && ok2
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
 }
 
 // routeOf returns the template that r's path matches, the path itself for

@@ -474,6 +474,30 @@ func TestEscapedSlashIsNotASeparator(t *testing.T) {
 	}
 }
 
+// TestEscapedUnreservedCharactersAreTheSamePath: an escaped letter, digit,
+// "-", ".", "_" or "~" is the same URI as the character (RFC 3986
+// 6.2.2.2), in literal segments as in a {token_id}.
+func TestEscapedUnreservedCharactersAreTheSamePath(t *testing.T) {
+	conn := &fakeConn{err: status.Error(codes.NotFound, "nothing here")}
+	h := newHandler(t, conn, nil)
+	for _, tc := range []struct{ method, path, rpc string }{
+		{http.MethodGet, "/api/v1/me/%74okens", "ListTokens"},
+		{http.MethodGet, "/api/v1/me/tokens/%63urrent", "GetCurrentToken"},
+		{http.MethodGet, "/api/v1/me/tokens/%31", "GetToken"},
+		{http.MethodPost, "/api/v1/me/tokens/1/rotat%65", "RotateToken"},
+		{http.MethodDelete, "/%61pi/v1/me/tokens/1", "RevokeToken"},
+	} {
+		conn.reset()
+		req := httptest.NewRequest(tc.method, tc.path, strings.NewReader("{}"))
+		req.Header.Set("Content-Type", "application/json")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if got := conn.invoked(); len(got) != 1 || got[0] != "/tokend.v1.TokenService/"+tc.rpc {
+			t.Errorf("%s %s: invoked %q, want %s (status %d, %s)", tc.method, tc.path, got, tc.rpc, rec.Code, rec.Body)
+		}
+	}
+}
+
 func TestTokenIDParseErrorIsHidden(t *testing.T) {
 	conn := &fakeConn{err: status.Error(codes.Internal, "must not be called")}
 	h := newHandler(t, conn, nil)
