@@ -229,6 +229,27 @@ func TestUnaryInterceptorForwardedFor(t *testing.T) {
 	}
 }
 
+// TestUnaryInterceptorForwardedForFromTheEdge: the forwarded addresses
+// are the ones the edge put on the Info, not the x-forwarded-for metadata,
+// which for REST is grpc-gateway's rebuilding of the header: it drops a
+// line that is not valid metadata whole, the address a proxy appended to
+// it included, leaving only the proxy.
+func TestUnaryInterceptorForwardedForFromTheEdge(t *testing.T) {
+	e := newEnv(t)
+	_, sec := e.create(t, "alice", allowedIPs(t, "10.1.2.3"))
+	ic := e.a.UnaryInterceptor(isHealth)
+	ctx, ri := callCtx("10.1.2.3:1", "authorization", "Bearer "+sec, "x-forwarded-for", "10.1.2.3")
+	ri.ForwardedFor = []string{"\u00e9, 198.51.100.7"}
+	var h recordingHandler
+	_, err := ic(ctx, nil, &grpc.UnaryServerInfo{FullMethod: testMethod}, h.handle)
+	if want := netip.MustParseAddr("198.51.100.7"); ri.Client != want {
+		t.Errorf("request.Info.Client = %v, want %v, the hop the proxy appended", ri.Client, want)
+	}
+	if !errors.Is(err, auth.ErrInvalidToken) || h.called != 0 {
+		t.Errorf("interceptor = %v, handler called %d; want the token refused outside its allowed IPs", err, h.called)
+	}
+}
+
 func TestPeerAddr(t *testing.T) {
 	tests := []struct {
 		name string
