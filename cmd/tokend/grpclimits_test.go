@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
@@ -124,6 +126,76 @@ func TestGRPCMetadataCap(t *testing.T) {
 		if rst, ok := f.(*http2.RSTStreamFrame); ok && rst.StreamID == 1 {
 			return
 		}
+	}
+}
+
+// TestGRPCStalledCallEnds checks that a unary call whose client sends its
+// headers but never its message ends at --max-call-duration, counted from
+// the headers: grpc-go waits for the message before any interceptor runs,
+// so without a deadline the stream (a goroutine, its metadata) would be
+// held as long as the connection lives. A health Watch, a stream meant to
+// last, outlives the cap.
+func TestGRPCStalledCallEnds(t *testing.T) {
+	s := startServer(t, "", "--max-call-duration", "300ms")
+	fr, conn := rawH2(t, s.addrs.GRPC)
+	if err := conn.SetDeadline(time.Now().Add(3 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	var hdr bytes.Buffer
+	enc := hpack.NewEncoder(&hdr)
+	for _, f := range [][2]string{
+		{":method", "POST"}, {":scheme", "http"}, {":path", "/tokend.v1.TokenService/GetToken"},
+		{":authority", s.addrs.GRPC}, {"content-type", "application/grpc"}, {"te", "trailers"},
+	} {
+		if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hdr.Bytes(), EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	dec := hpack.NewDecoder(4096, nil)
+	for ended := false; !ended; {
+		f, err := fr.ReadFrame()
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			t.Fatal("a call that never sent its message was still open after 3s, ten times --max-call-duration")
+		case err != nil:
+			t.Fatalf("the connection ended (%v) instead of the call", err)
+		}
+		switch f := f.(type) {
+		case *http2.RSTStreamFrame:
+			ended = f.StreamID == 1
+		case *http2.HeadersFrame:
+			fields, err := dec.DecodeFull(f.HeaderBlockFragment())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, hf := range fields {
+				if hf.Name == "grpc-status" && f.StreamID == 1 {
+					if hf.Value != strconv.Itoa(int(codes.DeadlineExceeded)) {
+						t.Errorf("the stalled call ended with grpc-status %s, want DeadlineExceeded", hf.Value)
+					}
+					ended = true
+				}
+			}
+		}
+	}
+
+	watch, err := healthpb.NewHealthClient(s.conn).Watch(testCtx(t), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil {
+		t.Fatalf("health Watch: %v", err)
+	}
+	ended := make(chan error, 1)
+	go func() { _, err := watch.Recv(); ended <- err }()
+	select {
+	case err := <-ended:
+		t.Fatalf("health Watch ended under the call cap: %v", err)
+	case <-time.After(time.Second):
 	}
 }
 

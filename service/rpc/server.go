@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	adminv1 "github.com/tokend/tokend/gen/tokend/admin/v1"
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
@@ -147,7 +148,9 @@ func NewPublic(d Deps) *Public {
 	if m := d.Metrics.UnaryServerInterceptor(); m != nil {
 		network = append([]grpc.UnaryServerInterceptor{m}, interceptors...)
 	}
+	streaming := make(map[string]bool) // filled below, before the server serves
 	opts := append(append(serverOptions(limits), d.Tracing.ServerOptions()...),
+		grpc.InTapHandle(capCalls(limits.MaxCallDuration, streaming)),
 		grpc.ChainUnaryInterceptor(network...), grpc.ChainStreamInterceptor(streamInterceptor(d.Logger)))
 	srv := grpc.NewServer(opts...)
 	tokens := service.NewTokenService(service.NewTokens(d.Store, d.Usage, d.Limits, d.Now), d.Now)
@@ -156,6 +159,13 @@ func NewPublic(d Deps) *Public {
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
 	d.Metrics.InitializeGRPC(srv)
+	for name, si := range srv.GetServiceInfo() {
+		for _, m := range si.Methods {
+			if m.IsClientStream || m.IsServerStream {
+				streaming["/"+name+"/"+m.Name] = true
+			}
+		}
+	}
 
 	local := newChannel(chainUnary(interceptors...))
 	tokenv1.RegisterTokenServiceServer(local, tokens)
@@ -302,6 +312,30 @@ func AppendCallerAttrs(attrs []slog.Attr, ri *request.Info) []slog.Attr {
 		attrs = append(attrs, slog.String("auth_failure", ri.Failure))
 	}
 	return attrs
+}
+
+// capCalls is the network server's tap: it gives every unary call's stream
+// a deadline max after its headers arrive, unless the client's own comes
+// sooner. grpc-go reads a unary call's request message before any
+// interceptor runs, and with no deadline waits for it as long as the
+// connection lives: a client, with no token, could hold a goroutine and
+// the metadata of every stream it opens and never finishes. (The guard's
+// cap then finds the deadline set and adds nothing.) Streaming methods
+// (streaming, by full name: health's Watch, reflection) are meant to last.
+func capCalls(max time.Duration, streaming map[string]bool) tap.ServerInHandle {
+	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
+		if streaming[info.FullMethodName] {
+			return ctx, nil
+		}
+		if d, ok := ctx.Deadline(); ok && time.Until(d) <= max {
+			return ctx, nil // grpc-go already times the client's deadline
+		}
+		ctx, cancel := context.WithTimeout(ctx, max)
+		// Not called here: grpc-go cancels ctx's parent, the stream's own
+		// context, when the stream ends, and that stops the timer.
+		_ = cancel
+		return ctx, nil
+	}
 }
 
 // guardInterceptor is what every call needs around its handler, in one
