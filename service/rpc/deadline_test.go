@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/tap"
 )
 
 type ctxKey struct{}
@@ -195,6 +196,49 @@ func TestCapDeadlineErrStays(t *testing.T) {
 		}
 		if err := c.Err(); !errors.Is(err, context.Canceled) {
 			t.Errorf("Err() = %v, want Canceled still", err)
+		}
+	})
+}
+
+// BenchmarkCallCap is what the call cap costs a call, with the context a
+// transport gives a stream (a cancel context, cancelled when the stream
+// ends), the stream's Done channel taken as grpc-go takes it:
+//   - tap: a gRPC call whose client set no deadline, capped by capCalls
+//     when its headers arrive (a timer context);
+//   - tap/client-deadline: one whose client's deadline is sooner, which
+//     grpc-go times itself and capCalls leaves alone;
+//   - guard: a REST call through the in-process channel, capped by the
+//     guard's lazy context, whose Done nothing asks for.
+func BenchmarkCallCap(b *testing.B) {
+	const limit = 10 * time.Second
+	info := &tap.Info{FullMethodName: "/tokend.v1.TokenService/GetToken"}
+	capTap := capCalls(limit, map[string]bool{})
+	b.Run("tap", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			stream, end := context.WithCancel(context.Background())
+			ctx, _ := capTap(stream, info)
+			_ = ctx.Done()
+			end()
+		}
+	})
+	b.Run("tap/client-deadline", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			stream, end := context.WithTimeout(context.Background(), time.Second)
+			ctx, _ := capTap(stream, info)
+			_ = ctx.Done()
+			end()
+		}
+	})
+	b.Run("guard", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			stream, end := context.WithCancel(context.Background())
+			c := capDeadline(stream, limit)
+			_ = c.Err()
+			c.release()
+			end()
 		}
 	})
 }
