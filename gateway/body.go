@@ -33,7 +33,7 @@ import (
 // not take (PATCH /api/v1/me/tokens/current) is 405, where grpc-gateway
 // would hand "current" to a templated route as a malformed id, and a path
 // the route table does not match is 404; grpc-gateway sees only requests
-// the table routed.
+// the table routed. HEAD is served as GET wherever GET is.
 func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		path := routingPath(r)
@@ -44,7 +44,14 @@ func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler 
 			u.RawPath = path
 			r.URL = &u
 		}
-		res := router.resolve(r.Method, path)
+		method := r.Method
+		if method == http.MethodHead {
+			// HEAD is GET without the body (RFC 9110 9.3.2): routed and
+			// served as GET; the server sends the headers and drops the
+			// body for a HEAD request.
+			method = http.MethodGet
+		}
+		res := router.resolve(method, path)
 		switch {
 		case res.otherMethods:
 			router.handleRoutingError(r.Context(), nil, nil, w, r, http.StatusMethodNotAllowed)
@@ -58,6 +65,10 @@ func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler 
 			return
 		}
 		rt := res.route
+		if r.Method == http.MethodHead {
+			r = r.WithContext(r.Context())
+			r.Method = http.MethodGet
+		}
 		if rt.query != nil {
 			if fields := vetQuery(r, rt.query); len(fields) > 0 {
 				writeProblem(w, r, http.StatusBadRequest, "The query string has invalid parameters.", fields...)

@@ -480,7 +480,8 @@ func (rt *router) literalPath(path string) bool {
 	return false
 }
 
-// allowedMethods lists the methods routed for r's path, for Allow.
+// allowedMethods lists the methods routed for r's path, for Allow: HEAD
+// wherever GET is.
 func (rt *router) allowedMethods(r *http.Request) []string {
 	path := routingPath(r)
 	literal := rt.literalPath(path)
@@ -489,6 +490,9 @@ func (rt *router) allowedMethods(r *http.Request) []string {
 		c := &rt.routes[i]
 		if c.serves(path, literal) && !slices.Contains(out, c.method) {
 			out = append(out, c.method)
+			if c.method == http.MethodGet {
+				out = append(out, http.MethodHead)
+			}
 		}
 	}
 	return out

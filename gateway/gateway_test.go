@@ -474,6 +474,36 @@ func TestEscapedSlashIsNotASeparator(t *testing.T) {
 	}
 }
 
+// TestHeadIsGet: HEAD is served wherever GET is, as GET (RFC 9110 9.3.2;
+// the server, not the handler, drops the body), and refused elsewhere.
+func TestHeadIsGet(t *testing.T) {
+	conn := &fakeConn{err: status.Error(codes.NotFound, "nothing here")}
+	h := newHandler(t, conn, nil)
+	for _, rt := range tableBindings() {
+		if rt.method != http.MethodGet {
+			continue
+		}
+		p := concrete(rt.template)
+		var calls [2][]string
+		var codes [2]int
+		for i, m := range []string{http.MethodGet, http.MethodHead} {
+			conn.reset()
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(m, p, nil))
+			calls[i], codes[i] = conn.invoked(), rec.Code
+		}
+		if len(calls[1]) != 1 || !slices.Equal(calls[0], calls[1]) || codes[0] != codes[1] {
+			t.Errorf("HEAD %s: invoked %q with status %d; GET invoked %q with %d", p, calls[1], codes[1], calls[0], codes[0])
+		}
+	}
+	conn.reset()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodHead, "/api/v1/me/tokens/1/rotate", nil))
+	if got := conn.invoked(); rec.Code != http.StatusMethodNotAllowed || len(got) != 0 || rec.Header().Get("Allow") != "POST" {
+		t.Errorf("HEAD on a POST-only route: status %d, Allow %q, invoked %q; want 405, POST, none", rec.Code, rec.Header().Get("Allow"), got)
+	}
+}
+
 // TestEscapedUnreservedCharactersAreTheSamePath: an escaped letter, digit,
 // "-", ".", "_" or "~" is the same URI as the character (RFC 3986
 // 6.2.2.2), in literal segments as in a {token_id}.
@@ -745,6 +775,9 @@ func tableMethods(table []binding, p string) []string {
 		}
 		if templateMatches(rt.template, p) && !slices.Contains(methods, rt.method) {
 			methods = append(methods, rt.method)
+			if rt.method == http.MethodGet {
+				methods = append(methods, http.MethodHead) // HEAD is GET without the body
+			}
 		}
 	}
 	return methods

@@ -19,8 +19,10 @@ import (
 	"github.com/pb33f/libopenapi-validator/config"
 	liberrors "github.com/pb33f/libopenapi-validator/errors"
 	"github.com/pb33f/libopenapi-validator/helpers"
+	"github.com/pb33f/libopenapi-validator/paths"
 	"github.com/pb33f/libopenapi-validator/schema_validation"
 	"github.com/pb33f/libopenapi/datamodel/high/base"
+	v3 "github.com/pb33f/libopenapi/datamodel/high/v3"
 )
 
 // The published OpenAPI document (gateway/openapi.json) is the REST
@@ -32,6 +34,7 @@ import (
 // body, for responses to requests the document does not describe.
 type apiContract struct {
 	v       validator.Validator
+	doc     *v3.Document
 	problem *base.Schema
 	// hasHead: the document defines some HEAD operation. The validator
 	// takes HEAD on a path without one as that path's GET; the contract
@@ -63,7 +66,7 @@ var openAPIContract = sync.OnceValues(func() (*apiContract, error) {
 	}
 	// Format assertions make date-time, uri and friends count.
 	v := validator.NewValidatorFromV3Model(&model.Model, config.WithFormatAssertions())
-	return &apiContract{v: v, problem: problem.Schema(), hasHead: hasHead}, nil
+	return &apiContract{v: v, doc: &model.Model, problem: problem.Schema(), hasHead: hasHead}, nil
 })
 
 // Paths that the server answers outside the API's operations: the
@@ -104,7 +107,7 @@ func validateExchange(t *testing.T, req *http.Request, reqBody []byte, resp *htt
 	vresp.Body = io.NopCloser(bytes.NewReader(respBody))
 
 	if req.Method == http.MethodHead && !c.hasHead {
-		checkUndocumented(t, c, where, resp, respBody)
+		checkHead(t, c, where, vreq, resp, respBody)
 		return
 	}
 	_, respErrs := c.v.ValidateHttpResponse(vreq, &vresp)
@@ -140,6 +143,41 @@ func notInDocument(errs []*liberrors.ValidationError) bool {
 		}
 	}
 	return true
+}
+
+// checkHead checks the answer to a HEAD request, which the server serves as
+// GET without the body (RFC 9110 9.3.2): where the document has the path's
+// GET, the status must be one that GET documents, with no body and the
+// headers every answer carries; elsewhere HEAD is a method the document
+// does not have.
+func checkHead(t *testing.T, c *apiContract, where string, req *http.Request, resp *http.Response, body []byte) {
+	t.Helper()
+	get := req.Clone(context.Background())
+	get.Method = http.MethodGet
+	item, errs, _ := paths.FindPath(get, c.doc, nil)
+	if item == nil || item.Get == nil || len(errs) > 0 {
+		checkUndocumented(t, c, where, resp, body)
+		return
+	}
+	if len(body) > 0 {
+		t.Errorf("%s: a HEAD answer has a %d-byte body", where, len(body))
+	}
+	if item.Get.Responses.FindResponseByCode(resp.StatusCode) == nil && item.Get.Responses.Default == nil {
+		t.Errorf("%s: the document's GET of this path has no %d answer", where, resp.StatusCode)
+	}
+	wantType := "application/json"
+	if resp.StatusCode >= 400 {
+		wantType = "application/problem+json"
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != wantType {
+		t.Errorf("%s: Content-Type = %q, want %s, as the GET's", where, ct, wantType)
+	}
+	if got := resp.Header.Get("X-Trace-Id"); !contractTraceID.MatchString(got) {
+		t.Errorf("%s: X-Trace-Id = %q, want 32 lowercase hex digits", where, got)
+	}
+	if got := resp.Header.Get("Cache-Control"); got != "no-store" {
+		t.Errorf("%s: Cache-Control = %q, want no-store", where, got)
+	}
 }
 
 // checkUndocumented checks the answer to a request for a path or method the

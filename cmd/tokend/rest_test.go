@@ -191,10 +191,10 @@ func TestRESTGetToken(t *testing.T) {
 			}
 		}
 		for _, tc := range []struct{ method, path, allow string }{
-			{http.MethodPost, "/api/v1/me/tokens/1", "GET, PATCH, DELETE"},
-			{http.MethodPut, "/api/v1/me/tokens/1", "GET, PATCH, DELETE"},
-			{http.MethodPut, "/api/v1/me/tokens", "GET, POST"},
-			{http.MethodDelete, "/api/v1/me/tokens", "GET, POST"},
+			{http.MethodPost, "/api/v1/me/tokens/1", "GET, HEAD, PATCH, DELETE"},
+			{http.MethodPut, "/api/v1/me/tokens/1", "GET, HEAD, PATCH, DELETE"},
+			{http.MethodPut, "/api/v1/me/tokens", "GET, HEAD, POST"},
+			{http.MethodDelete, "/api/v1/me/tokens", "GET, HEAD, POST"},
 			{http.MethodGet, "/api/v1/me/tokens/1/rotate", "POST"},
 		} {
 			resp, body := s.do(t, tc.method, tc.path, bearer(f.active.Secret))
@@ -202,6 +202,21 @@ func TestRESTGetToken(t *testing.T) {
 			if resp.StatusCode != 405 || p.Title != "Method Not Allowed" || resp.Header.Get("Allow") != tc.allow {
 				t.Errorf("%s %s: status %d title %q Allow %q, want 405 with Allow: %s", tc.method, tc.path, resp.StatusCode, p.Title, resp.Header.Get("Allow"), tc.allow)
 			}
+		}
+	})
+
+	t.Run("HEAD is GET without the body", func(t *testing.T) {
+		path := tokenPath(f.active.ID)
+		resp, body := s.do(t, http.MethodHead, path, bearer(f.active.Secret))
+		n, err := strconv.Atoi(resp.Header.Get("Content-Length"))
+		if resp.StatusCode != http.StatusOK || len(body) != 0 || resp.Header.Get("Content-Type") != "application/json" || err != nil || n < 100 {
+			t.Errorf("HEAD %s: %d, %d body bytes, Content-Type %q, Content-Length %q; want 200, none, application/json and the GET body's length",
+				path, resp.StatusCode, len(body), resp.Header.Get("Content-Type"), resp.Header.Get("Content-Length"))
+		}
+		resp, body = s.do(t, http.MethodHead, path, bearer(mustSecret(t)))
+		if resp.StatusCode != http.StatusUnauthorized || len(body) != 0 || resp.Header.Get("WWW-Authenticate") == "" {
+			t.Errorf("HEAD %s with an unknown token: %d, %d body bytes, WWW-Authenticate %q; want 401, none, a challenge",
+				path, resp.StatusCode, len(body), resp.Header.Get("WWW-Authenticate"))
 		}
 	})
 
