@@ -99,6 +99,11 @@ func (s *TokenService) CreateToken(ctx context.Context, req *tokenv1.CreateToken
 			return nil, violation("expires_at", "expires_at is not a valid timestamp")
 		}
 		in.ExpiresAt = req.ExpiresAt.AsTime()
+		if in.ExpiresAt.IsZero() {
+			// 0001-01-01T00:00:00Z: in the past like any other, but the
+			// zero time would read as "no expiry" from here on.
+			return nil, violation("expires_at", "expires_at must be in the future")
+		}
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	switch keys := md.Get(IdempotencyKeyMetadata); len(keys) {

@@ -424,6 +424,9 @@ func TestLifecycleRESTCreate(t *testing.T) {
 		}{
 			{"both expiries", jsonType, `{"name":"x","expires_at":"` + future + `","expires_in_seconds":60}`, nil, 400, []string{"expires_at"}, ""},
 			{"expires_at in the past", jsonType, `{"name":"x","expires_at":"2020-01-01T00:00:00Z"}`, nil, 400, []string{"expires_at"}, "future"},
+			// The zero time must not read as "never expires".
+			{"expires_at the year 1", jsonType, `{"name":"x","expires_at":"0001-01-01T00:00:00Z"}`, nil, 400, []string{"expires_at"}, "future"},
+			{"expires_at the year 1, and expires_in_seconds", jsonType, `{"name":"x","expires_at":"0001-01-01T00:00:00Z","expires_in_seconds":60}`, nil, 400, []string{"expires_at"}, ""},
 			{"expires_at not RFC 3339", jsonType, `{"name":"x","expires_at":"tomorrow"}`, nil, 400, []string{"expires_at"}, ""},
 			{"expires_at a number", jsonType, `{"name":"x","expires_at":1893456000}`, nil, 400, []string{"expires_at"}, ""},
 			{"negative expires_in_seconds", jsonType, `{"name":"x","expires_in_seconds":-5}`, nil, 400, []string{"expires_in_seconds"}, ""},
