@@ -249,6 +249,11 @@ func (s *Tokens) Create(ctx context.Context, in CreateInput) (Created, error) {
 		if err != nil {
 			return Created{}, fmt.Errorf("replay idempotent create: %w", err)
 		}
+		// A retry after the token was rotated would hand back a secret that
+		// is no longer the token's (at most still in a grace period).
+		if secret.HashOf(sec) != t.SecretHash {
+			return Created{}, fmt.Errorf("%w: the token this Idempotency-Key created (id %d) has been rotated since; its first secret no longer works", token.ErrConflict, t.ID)
+		}
 		return Created{Token: t, Secret: sec, Replayed: true}, nil
 	}
 	return Created{Token: t, Secret: sec}, nil

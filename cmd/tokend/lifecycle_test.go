@@ -713,6 +713,20 @@ func TestLifecycleRESTIdempotency(t *testing.T) {
 		}
 	})
 
+	t.Run("a retry after the token was rotated is 409, not its dead secret", func(t *testing.T) {
+		const k = "Idempotency-Key: 5b1d7c0e-9a43-4f6e-8c21-7d9e0f3a4b5c"
+		made := restCreate(t, s, alice.Secret, `{"name":"rotated later"}`, k)
+		resp, rb := s.send(t, http.MethodPost, tokenPath(idOf(t, made))+"/rotate", jsonType, []byte(`{}`), bearer(alice.Secret))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("rotate: status %d; %s", resp.StatusCode, rb)
+		}
+		resp, rb = post(alice.Secret, `{"name":"rotated later"}`, k)
+		p := wantProblem(t, resp, rb, http.StatusConflict)
+		if !strings.Contains(p.Detail, "rotated") || strings.Contains(string(rb), made["secret"].(string)) {
+			t.Errorf("409 detail %q does not say the token was rotated, or the body carries the old secret", p.Detail)
+		}
+	})
+
 	t.Run("invalid keys are 400", func(t *testing.T) {
 		before := snapshot(t, s, alice.Secret)
 		for _, k := range []string{"abc", strings.Repeat("k", 15), strings.Repeat("k", 256)} {
