@@ -355,6 +355,44 @@ func TestCLIWithRunningServer(t *testing.T) {
 	cliMustFail(t, []string{"unknown user"}, "token", "revoke", "--db", s.db, "--user", "nobody", fmt.Sprint(other.ID))
 }
 
+// TestCLISocketPathIsNotAURL: the CLI reaches a running server whose
+// database path has characters a URL would read ('#', '?', '%'), rather
+// than dialing a path cut short or changed, with no way to fall back to the
+// file the server holds.
+func TestCLISocketPathIsNotAURL(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "a#b?c%41d")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, filepath.Join(dir, "t.db"))
+	tok := createToken(t, s.db, "alice", "odd path")
+	if !strings.Contains(s.logs.String(), `"method":"CreateToken"`) {
+		t.Fatalf("the create did not reach the running server over its socket\n%s", s.logs)
+	}
+	if toks, _ := cliList(t, s.db, "alice"); len(toks) != 1 || *toks[0].ID != tok.ID {
+		t.Errorf("list over the socket = %+v, want token %d", toks, tok.ID)
+	}
+}
+
+// TestCLIRefusesSymlinkedSocket: a symlink where a database's admin socket
+// belongs (planted in a shared directory, say) is not followed to whatever
+// server is at its end; the command fails, naming the path.
+func TestCLIRefusesSymlinkedSocket(t *testing.T) {
+	other := startServer(t, "")
+	createToken(t, other.db, "alice", "elsewhere")
+	db := filepath.Join(t.TempDir(), "tokend.db")
+	if _, _, err := cli(t, "token", "create", "--db", db, "--user", "alice", "--name", "here"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(socketPath(other.db), socketPath(db)); err != nil {
+		t.Fatal(err)
+	}
+	cliMustFail(t, []string{socketPath(db), "not a socket"}, "token", "revoke", "--db", db, "--user", "alice", "1")
+	if strings.Contains(other.logs.String(), `"method":"RevokeToken"`) {
+		t.Errorf("the revoke reached the server the symlink points to")
+	}
+}
+
 // cliBadCreates are create invocations that must fail, with what their
 // error must mention. Each lacks only --db.
 var cliBadCreates = []struct {

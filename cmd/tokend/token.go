@@ -7,10 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -221,15 +224,40 @@ func rpcMessage(err error) string {
 // missing database is an error rather than created.
 func withAdminLimits(ctx context.Context, db string, mustExist bool, limits service.Limits, f func(adminv1.AdminServiceClient) error) error {
 	sock := socketPath(db)
-	var d net.Dialer
-	if c, err := d.DialContext(ctx, "unix", sock); err == nil {
-		c.Close()
-		conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	first, err := dialAdmin(ctx, sock)
+	switch {
+	case err == nil:
+		// The connection checked here is the one gRPC uses first; a
+		// reconnection is checked the same way. The target is not parsed
+		// as a URL (a path with '#', '?' or '%' in it would be cut short
+		// or changed): the dialer is given the path itself.
+		var mu sync.Mutex
+		take := func() net.Conn {
+			mu.Lock()
+			defer mu.Unlock()
+			c := first
+			first = nil
+			return c
+		}
+		defer func() {
+			if c := take(); c != nil { // gRPC never dialed
+				c.Close()
+			}
+		}()
+		conn, err := grpc.NewClient("passthrough:///tokend-admin", grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+				if c := take(); c != nil {
+					return c, nil
+				}
+				return dialAdmin(ctx, sock)
+			}))
 		if err != nil {
 			return fmt.Errorf("connect to the running server at %s: %w", sock, err)
 		}
 		defer conn.Close()
 		return f(adminv1.NewAdminServiceClient(conn))
+	case !errors.Is(err, errNoAdminServer):
+		return err
 	}
 	st, err := store.Open(db, store.Options{LockTimeout: lockTimeout, MustExist: mustExist})
 	switch {
@@ -241,6 +269,39 @@ func withAdminLimits(ctx context.Context, db string, mustExist bool, limits serv
 	defer st.Close()
 	_, local := rpc.NewAdmin(rpc.Deps{Store: st, Logger: slog.New(slog.DiscardHandler), Limits: limits, Now: time.Now})
 	return f(adminv1.NewAdminServiceClient(local))
+}
+
+// errNoAdminServer means no server answers on the admin socket: there is
+// no socket file, or a stale one that refuses connections.
+var errNoAdminServer = errors.New("no server on the admin socket")
+
+// dialAdmin connects to the admin socket at sock, if a server answers
+// there that may be trusted with the commands: sock is the socket itself,
+// not a symlink to one elsewhere, and the process behind it runs as this
+// user or as root. Otherwise a socket planted beside a database in a
+// shared directory could take a revoke and answer it, never touching the
+// real database, or hand out secrets of its own.
+func dialAdmin(ctx context.Context, sock string) (net.Conn, error) {
+	fi, err := os.Lstat(sock)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, errNoAdminServer
+	case err != nil:
+		return nil, fmt.Errorf("admin socket: %w", err)
+	case fi.Mode().Type() != fs.ModeSocket:
+		return nil, fmt.Errorf("admin socket path %s is not a socket (a symlink?); refusing to use it", sock)
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", sock)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errNoAdminServer, err)
+	}
+	uid, err := peerUID(c)
+	if err != nil || uid != os.Getuid() && uid != 0 {
+		c.Close()
+		return nil, fmt.Errorf("the server on the admin socket %s runs as another user (uid %d, %v); refusing to send it commands", sock, uid, err)
+	}
+	return c, nil
 }
 
 // rotated is the --json output of token rotate.
