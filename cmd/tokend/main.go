@@ -14,6 +14,9 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first signal starts a graceful stop; once it has, signals are
+	// the runtime's again, so a second one ends the process at once.
+	context.AfterFunc(ctx, stop)
 	stderr := newLogWriter(os.Stderr, 100*time.Millisecond)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, stderr)
 	stop()

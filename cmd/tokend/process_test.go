@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,8 +19,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/tokend/tokend/service/testutil"
 )
@@ -398,4 +401,79 @@ func procStart2(t *testing.T, bin, db string) procResult {
 		t.Fatalf("second serve was still running after 10s:\n%s", stderr.String())
 	}
 	return procResult{stderr: stderr.String(), code: cmd.ProcessState.ExitCode()}
+}
+
+// TestProcessShutdownIsNotHeld checks the binary's graceful stop against
+// what would hold it up. A health Watch, a stream that never ends by
+// itself, is sent NOT_SERVING and ended, so the stop does not wait out
+// --shutdown-timeout for it. A request whose body never finishes does hold
+// the drain, and a second signal then ends the process at once.
+func TestProcessShutdownIsNotHeld(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the tokend binary")
+	}
+	bin := procBuild(t)
+
+	t.Run("a health Watch ends", func(t *testing.T) {
+		srv := procStart(t, bin, filepath.Join(t.TempDir(), "tokend.db"), "--shutdown-timeout", "60s")
+		conn, err := grpc.NewClient("passthrough:///"+srv.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // well inside the 60s drain
+		defer cancel()
+		watch, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, err := watch.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("Watch: %v, %v; want SERVING", r, err)
+		}
+		if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := watch.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+			t.Errorf("Watch after SIGTERM: %v, %v; want NOT_SERVING", r, err)
+		}
+		if _, err := watch.Recv(); status.Code(err) == codes.DeadlineExceeded || err == nil {
+			t.Errorf("the Watch went on after NOT_SERVING (%v), holding up the stop", err)
+		}
+		// Well inside the 60s drain: nothing else is in flight.
+		if code := srv.wait(t, 20*time.Second); code != 0 {
+			t.Errorf("exit %d after SIGTERM, want 0\n%s", code, srv.stderr)
+		}
+		if logs := srv.stderr.String(); strings.Contains(logs, "drain timed out") {
+			t.Errorf("the drain timed out:\n%s", logs)
+		}
+	})
+
+	t.Run("a second signal ends the drain", func(t *testing.T) {
+		srv := procStart(t, bin, filepath.Join(t.TempDir(), "tokend.db"), "--shutdown-timeout", "60s")
+		c, err := net.DialTimeout("tcp", srv.http, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// A create whose body never arrives: its handler waits for it (up
+		// to --http-read-timeout, 15s), and the drain waits for the handler.
+		if _, err := io.WriteString(c, "POST /api/v1/me/tokens HTTP/1.1\r\nHost: tokend\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond) // for the server to start handling it
+		if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		if exited, err := srv.exited(); exited {
+			t.Fatalf("tokend exited (%v) with a request in flight; the test needs a drain to interrupt\n%s", err, srv.stderr)
+		}
+		if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		srv.wait(t, 5*time.Second) // well before the request's read timeout ends the drain
+		if ws, ok := srv.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+			t.Errorf("after a second SIGTERM: %v, want killed by SIGTERM", srv.cmd.ProcessState)
+		}
+	})
 }

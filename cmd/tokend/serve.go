@@ -482,6 +482,10 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 		public.Health.Shutdown()
 		drain, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 		defer cancel()
+		// Health watchers are sent NOT_SERVING; a moment later their
+		// streams end, as a graceful stop would wait for them for ever.
+		endStreams := time.AfterFunc(min(watchNotice, cfg.ShutdownTimeout/2), public.EndStreams)
+		defer endStreams.Stop()
 		var wg errgroup.Group
 		wg.Go(func() error {
 			if err := httpSrv.Shutdown(drain); err != nil {
@@ -489,8 +493,11 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 			}
 			return nil
 		})
-		wg.Go(func() error { gracefulStop(drain, public.Server.GracefulStop, public.Server.Stop); return nil })
-		wg.Go(func() error { gracefulStop(drain, admin.GracefulStop, admin.Stop); return nil })
+		wg.Go(func() error {
+			gracefulStop(drain, log, "gRPC", public.Server.GracefulStop, public.Server.Stop)
+			return nil
+		})
+		wg.Go(func() error { gracefulStop(drain, log, "admin", admin.GracefulStop, admin.Stop); return nil })
 		return wg.Wait()
 	})
 	if err := g.Wait(); err != nil {
@@ -500,9 +507,13 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 	return nil
 }
 
+// watchNotice is how long health watchers have, at shutdown, to be sent
+// NOT_SERVING before their streams are ended.
+const watchNotice = 500 * time.Millisecond
+
 // gracefulStop waits for graceful to finish until ctx is done, then forces
-// stop: a client holding a stream open cannot keep the server up.
-func gracefulStop(ctx context.Context, graceful, stop func()) {
+// stop, saying so: a client holding a call open cannot keep the server up.
+func gracefulStop(ctx context.Context, log *slog.Logger, name string, graceful, stop func()) {
 	done := make(chan struct{})
 	go func() {
 		graceful()
@@ -511,6 +522,7 @@ func gracefulStop(ctx context.Context, graceful, stop func()) {
 	select {
 	case <-done:
 	case <-ctx.Done():
+		log.Warn("drain timed out; ending the calls still open", slog.String("server", name))
 		stop()
 		<-done
 	}

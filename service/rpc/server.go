@@ -126,6 +126,10 @@ type Public struct {
 	Server *grpc.Server
 	Local  *Channel
 	Health *health.Server
+	// EndStreams ends the streaming calls (health Watch, reflection) in
+	// flight and any that start later; a graceful stop would otherwise
+	// wait for them, since a Watch never ends by itself.
+	EndStreams func()
 }
 
 // NewPublic builds the public gRPC server with TokenService, health and
@@ -149,9 +153,10 @@ func NewPublic(d Deps) *Public {
 		network = append([]grpc.UnaryServerInterceptor{m}, interceptors...)
 	}
 	streaming := make(map[string]bool) // filled below, before the server serves
+	streamsEnded, endStreams := context.WithCancel(context.Background())
 	opts := append(append(serverOptions(limits), d.Tracing.ServerOptions()...),
 		grpc.InTapHandle(capCalls(limits.MaxCallDuration, streaming)),
-		grpc.ChainUnaryInterceptor(network...), grpc.ChainStreamInterceptor(streamInterceptor(d.Logger)))
+		grpc.ChainUnaryInterceptor(network...), grpc.ChainStreamInterceptor(streamInterceptor(d.Logger, streamsEnded)))
 	srv := grpc.NewServer(opts...)
 	tokens := service.NewTokenService(service.NewTokens(d.Store, d.Usage, d.Limits, d.Now), d.Now)
 	tokenv1.RegisterTokenServiceServer(srv, tokens)
@@ -169,7 +174,7 @@ func NewPublic(d Deps) *Public {
 
 	local := newChannel(chainUnary(interceptors...))
 	tokenv1.RegisterTokenServiceServer(local, tokens)
-	return &Public{Server: srv, Local: local, Health: hs}
+	return &Public{Server: srv, Local: local, Health: hs, EndStreams: endStreams}
 }
 
 // NewAdmin builds the admin gRPC server for the owner-only unix socket, and
@@ -233,11 +238,18 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 // no token. A stream gets a trace id (sent as x-trace-id) and one log line
 // when it ends, and a panic in its handler becomes Internal, its cause
 // logged with the stack, as in the unary chain. There is no deadline cap:
-// a Watch is meant to last.
-func streamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
+// a Watch is meant to last, until ended is done (the server is shutting
+// down), which ends every stream, so that none holds up a graceful stop.
+func streamInterceptor(log *slog.Logger, ended context.Context) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		start := time.Now()
-		ctx, ri := startCall(ss.Context())
+		ctx, cancel := context.WithCancel(ss.Context())
+		defer cancel()
+		defer context.AfterFunc(ended, cancel)()
+		if ended.Err() != nil {
+			cancel() // at once: AfterFunc would run it in a goroutine of its own
+		}
+		ctx, ri := startCall(ctx)
 		_ = ss.SetHeader(metadata.Pairs(TraceHeader, ri.TraceID))
 		defer func() {
 			if r := recover(); r != nil {

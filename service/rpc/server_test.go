@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -135,7 +136,7 @@ func (s *fakeServerStream) SetHeader(md metadata.MD) error {
 // handler sees the request's Info.
 func TestStreamInterceptorRecoversPanic(t *testing.T) {
 	var logs testutil.SyncBuffer
-	ic := streamInterceptor(slog.New(slog.NewJSONHandler(&logs, nil)))
+	ic := streamInterceptor(slog.New(slog.NewJSONHandler(&logs, nil)), context.Background())
 	ss := &fakeServerStream{ctx: context.Background()}
 	info := &grpc.StreamServerInfo{FullMethod: "/grpc.health.v1.Health/Watch", IsServerStream: true}
 	var seen *request.Info
@@ -159,5 +160,33 @@ func TestStreamInterceptorRecoversPanic(t *testing.T) {
 	}
 	if !strings.Contains(out, `"msg":"request"`) || !strings.Contains(out, `"code":"Internal"`) || !strings.Contains(out, seen.TraceID) {
 		t.Errorf("log lacks the stream's request line with its code and trace id:\n%s", out)
+	}
+}
+
+// TestStreamInterceptorEndsStreams checks that ending the server's streams
+// ends the context of a stream in flight, and of one that starts after.
+func TestStreamInterceptorEndsStreams(t *testing.T) {
+	ended, end := context.WithCancel(context.Background())
+	ic := streamInterceptor(slog.New(slog.DiscardHandler), ended)
+	info := &grpc.StreamServerInfo{FullMethod: "/grpc.health.v1.Health/Watch", IsServerStream: true}
+	waiting := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- ic(nil, &fakeServerStream{ctx: context.Background()}, info, func(_ any, s grpc.ServerStream) error {
+			close(waiting)
+			<-s.Context().Done() // as health's Watch waits
+			return s.Context().Err()
+		})
+	}()
+	<-waiting
+	end()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("a stream in flight when streams ended: %v, want its context canceled", err)
+	}
+	err := ic(nil, &fakeServerStream{ctx: context.Background()}, info, func(_ any, s grpc.ServerStream) error {
+		return s.Context().Err()
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("a stream started after streams ended: %v, want its context canceled", err)
 	}
 }
