@@ -49,6 +49,16 @@ func caller(ctx context.Context) (auth.Principal, error) {
 	return p, nil
 }
 
+// changer is caller for a handler that changes tokens: a secret a
+// rotation has replaced may read, not change (auth.ErrPreviousSecret).
+func changer(ctx context.Context) (auth.Principal, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return p, err
+	}
+	return p, p.MayChange()
+}
+
 // GetToken returns one of the caller's tokens.
 func (s *TokenService) GetToken(ctx context.Context, req *tokenv1.GetTokenRequest) (*tokenv1.GetTokenResponse, error) {
 	p, err := caller(ctx)
@@ -83,7 +93,7 @@ func (s *TokenService) GetCurrentToken(ctx context.Context, _ *tokenv1.GetCurren
 
 // CreateToken mints a token for the caller.
 func (s *TokenService) CreateToken(ctx context.Context, req *tokenv1.CreateTokenRequest) (*tokenv1.CreateTokenResponse, error) {
-	p, err := caller(ctx)
+	p, err := changer(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +169,7 @@ func (s *TokenService) ListTokens(ctx context.Context, req *tokenv1.ListTokensRe
 
 // UpdateToken changes the fields of a caller's token named in update_mask.
 func (s *TokenService) UpdateToken(ctx context.Context, req *tokenv1.UpdateTokenRequest) (*tokenv1.UpdateTokenResponse, error) {
-	p, err := caller(ctx)
+	p, err := changer(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +205,7 @@ func updateInput(user string, id int64, u *tokenv1.TokenUpdate, paths []string) 
 
 // RevokeToken revokes one of the caller's tokens.
 func (s *TokenService) RevokeToken(ctx context.Context, req *tokenv1.RevokeTokenRequest) (*tokenv1.RevokeTokenResponse, error) {
-	p, err := caller(ctx)
+	p, err := changer(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -208,7 +218,7 @@ func (s *TokenService) RevokeToken(ctx context.Context, req *tokenv1.RevokeToken
 
 // RotateToken gives one of the caller's tokens a new secret.
 func (s *TokenService) RotateToken(ctx context.Context, req *tokenv1.RotateTokenRequest) (*tokenv1.RotateTokenResponse, error) {
-	p, err := caller(ctx)
+	p, err := changer(ctx)
 	if err != nil {
 		return nil, err
 	}

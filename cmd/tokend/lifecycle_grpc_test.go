@@ -430,6 +430,17 @@ func TestLifecycleGRPCRotateAndCurrent(t *testing.T) {
 				t.Errorf("secret %d: token %d usage %d user %q", i, cur.GetToken().GetId(), cur.GetToken().GetUsageCount(), cur.GetUserId())
 			}
 		}
+		// The old secret reads but changes nothing: no rotating the token
+		// away from the new secret's holder.
+		_, err = c.RotateToken(as(ctx, old), &tokenv1.RotateTokenRequest{TokenId: id})
+		if st := status.Convert(err); st.Code() != codes.PermissionDenied || !slices.ContainsFunc(st.Details(), func(d any) bool {
+			info, ok := d.(*errdetails.ErrorInfo)
+			return ok && info.GetReason() == "PREVIOUS_SECRET"
+		}) {
+			t.Errorf("RotateToken with the old secret: %v, want PermissionDenied with reason PREVIOUS_SECRET", err)
+		}
+		_, err = c.CreateToken(as(ctx, old), &tokenv1.CreateTokenRequest{Name: "minted with the old secret"})
+		wantCode(t, err, codes.PermissionDenied)
 		// Without grace the secret in use stops at once.
 		now, err := c.RotateToken(as(ctx, resp.GetSecret()), &tokenv1.RotateTokenRequest{TokenId: id})
 		if err != nil {

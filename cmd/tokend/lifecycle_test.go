@@ -1257,6 +1257,47 @@ func TestLifecycleRESTRotate(t *testing.T) {
 		}
 	})
 
+	t.Run("the old secret reads but changes nothing", func(t *testing.T) {
+		tok := restCreate(t, s, alice.Secret, `{"name":"leaked"}`)
+		id, old := idOf(t, tok), tok["secret"].(string)
+		resp, body := rotate(t, alice.Secret, id, jsonType, []byte(`{"grace_period_seconds":60}`))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("rotate: status %d; body %s", resp.StatusCode, body)
+		}
+		sec := dataOf(t, body, rotateKeys)["secret"].(string)
+		if got, code := whoAmI(t, s, old); code != http.StatusOK || got != id {
+			t.Fatalf("old secret in its grace period: current = %d, status %d; want it to read", got, code)
+		}
+		if r, b := s.get(t, "/api/v1/me/tokens", bearer(old)); r.StatusCode != http.StatusOK {
+			t.Errorf("old secret lists: status %d; %s", r.StatusCode, b)
+		}
+		before := snapshot(t, s, alice.Secret)
+		for _, c := range []struct{ method, path, body string }{
+			{http.MethodPost, tokenPath(id) + "/rotate", `{}`}, // taking the token over
+			{http.MethodPost, "/api/v1/me/tokens", `{"name":"minted with a leaked secret"}`},
+			{http.MethodPatch, tokenPath(id), `{"allowed_ips":null}`},
+			{http.MethodDelete, tokenPath(id), ``},
+		} {
+			ct := jsonType
+			if c.body == "" {
+				ct = ""
+			}
+			r, b := s.send(t, c.method, c.path, ct, []byte(c.body), bearer(old))
+			if p := wantProblem(t, r, b, http.StatusForbidden); !strings.Contains(p.Detail, "rotation") {
+				t.Errorf("%s %s with the old secret: detail %q does not say a rotation replaced it", c.method, c.path, p.Detail)
+			}
+		}
+		if after := snapshot(t, s, alice.Secret); after != before {
+			t.Errorf("changes asked for with the old secret changed alice's tokens")
+		}
+		if got, code := whoAmI(t, s, sec); code != http.StatusOK || got != id {
+			t.Errorf("new secret after the refused changes: current = %d, status %d", got, code)
+		}
+		if r, b := rotate(t, sec, id, "", nil); r.StatusCode != http.StatusOK {
+			t.Errorf("the new secret rotates: status %d; %s", r.StatusCode, b)
+		}
+	})
+
 	t.Run("refused rotations write nothing", func(t *testing.T) {
 		tok := restCreate(t, s, alice.Secret, `{"name":"stays"}`)
 		id, sec := idOf(t, tok), tok["secret"].(string)

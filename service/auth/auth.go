@@ -5,6 +5,7 @@ package auth
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net"
@@ -33,6 +34,14 @@ var (
 	// address. The wrapping error names which, for the server's log only.
 	ErrInvalidToken = errors.New("invalid bearer token")
 )
+
+// ErrPreviousSecret means a change (create, update, rotate, revoke) was
+// asked for with a secret a rotation has replaced, in its grace period.
+// The rpc layer maps it to PermissionDenied: the grace period is for
+// deployed clients to keep reading while they move to the new secret, and
+// whoever holds the old one (leaked, it may be why the token was rotated)
+// must not be able to rotate again and take the token over.
+var ErrPreviousSecret = errors.New("a rotated-out secret cannot change tokens")
 
 // Reasons for a failed authentication, as metrics label them: a short,
 // closed set. The presented secret is never part of any of them.
@@ -101,6 +110,19 @@ type Principal struct {
 	// again (see usage.Recorder.ApplySince).
 	Token    token.Token
 	UsageGen uint64
+	// Previous is set when the secret presented was the token's previous
+	// one, within its rotation grace period: it may read, not change (see
+	// ErrPreviousSecret).
+	Previous bool
+}
+
+// MayChange returns ErrPreviousSecret if p authenticated with a secret a
+// rotation has replaced, else nil. Every handler that changes tokens asks.
+func (p Principal) MayChange() error {
+	if p.Previous {
+		return ErrPreviousSecret
+	}
+	return nil
 }
 
 type principalKey struct{}
@@ -175,7 +197,8 @@ func (a *Authenticator) Authenticate(authorization []string, client netip.Addr) 
 	}
 	now := a.now()
 	gen := a.usage.Gen()
-	t, err := a.store.Lookup(secret.HashOf(sec), now)
+	h := secret.HashOf(sec)
+	t, err := a.store.Lookup(h, now)
 	switch {
 	case errors.Is(err, token.ErrNotFound):
 		return Principal{}, errUnknown
@@ -194,7 +217,10 @@ func (a *Authenticator) Authenticate(authorization []string, client netip.Addr) 
 	// Counted before the handler runs, so a token reading itself sees the
 	// request it is making.
 	a.usage.Record(t.ID, now)
-	return Principal{UserID: t.UserID, TokenID: t.ID, Token: t, UsageGen: gen}, nil
+	// The lookup matched the current secret or, in a grace period, the
+	// previous one.
+	previous := subtle.ConstantTimeCompare(h[:], t.SecretHash[:]) != 1
+	return Principal{UserID: t.UserID, TokenID: t.ID, Token: t, UsageGen: gen, Previous: previous}, nil
 }
 
 // ParseBearer extracts the token from an Authorization value of the form

@@ -372,3 +372,34 @@ func TestAuthenticateBoundaries(t *testing.T) {
 		t.Errorf("restricted token usage = %d, want 4", n)
 	}
 }
+
+// TestAuthenticatePreviousSecret: in a rotation's grace period the previous
+// secret authenticates, and its Principal says so, so that it may read but
+// not change (MayChange); the current secret's does not.
+func TestAuthenticatePreviousSecret(t *testing.T) {
+	e := newEnv(t)
+	tok, old := e.create(t, "alice")
+	cur, err := secret.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.st.Mutate("alice", tok.ID, func(tk *token.Token) error { // a rotation with a minute's grace
+		tk.PrevSecretHash, tk.PrevSecretUntil, tk.SecretHash = tk.SecretHash, t0.Add(time.Minute), secret.HashOf(cur)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name     string
+		sec      string
+		previous bool
+	}{{"current secret", cur, false}, {"previous secret in its grace period", old, true}} {
+		p, err := e.a.Authenticate([]string{"Bearer " + c.sec}, client)
+		if err != nil || p.TokenID != tok.ID {
+			t.Fatalf("%s: Authenticate = %+v, %v; want token %d", c.name, p, err, tok.ID)
+		}
+		if p.Previous != c.previous || (p.MayChange() != nil) != c.previous || c.previous && !errors.Is(p.MayChange(), auth.ErrPreviousSecret) {
+			t.Errorf("%s: Previous = %v, MayChange = %v; want %v", c.name, p.Previous, p.MayChange(), c.previous)
+		}
+	}
+}

@@ -32,7 +32,10 @@ const (
 	ReasonInvalidArgument    = "INVALID_ARGUMENT"
 	ReasonConflict           = "CONFLICT"
 	ReasonThrottled          = "TOO_MANY_FAILURES"
-	ReasonInternal           = "INTERNAL"
+	// ReasonPreviousSecret: a change asked for with a secret a rotation
+	// has replaced; it may still read until its grace period ends.
+	ReasonPreviousSecret = "PREVIOUS_SECRET"
+	ReasonInternal       = "INTERNAL"
 	// ReasonStorageUnavailable: the database takes no writes now (disk
 	// full, I/O errors); reads still work, and the write may be retried.
 	ReasonStorageUnavailable = "STORAGE_UNAVAILABLE"
@@ -94,6 +97,9 @@ func toStatus(err error) *status.Status {
 			details = append(details, retryInfo(te.RetryAfter))
 		}
 		return newStatus(codes.ResourceExhausted, ReasonThrottled, "Too many failed authentications from this address; retry later", details...)
+	case errors.Is(err, auth.ErrPreviousSecret):
+		return newStatus(codes.PermissionDenied, ReasonPreviousSecret,
+			"This secret has been replaced by a rotation: until its grace period ends it can read, but not change tokens. Use the new secret.")
 	case errors.Is(err, token.ErrNotFound):
 		return newStatus(codes.NotFound, ReasonNotFound, msgTokenNotFound)
 	case errors.Is(err, token.ErrUserNotFound):
