@@ -43,6 +43,42 @@ func rawH2(t *testing.T, addr string) (*http2.Framer, net.Conn) {
 	return fr, conn
 }
 
+// writeCallHeaders opens stream 1 on fr with the headers of a gRPC call of
+// path to authority, and extra fields after them, and sends no message.
+func writeCallHeaders(t *testing.T, fr *http2.Framer, authority, path string, extra ...[2]string) {
+	t.Helper()
+	var hdr bytes.Buffer
+	enc := hpack.NewEncoder(&hdr)
+	fields := append([][2]string{
+		{":method", "POST"}, {":scheme", "http"}, {":path", path},
+		{":authority", authority}, {"content-type", "application/grpc"}, {"te", "trailers"},
+	}, extra...)
+	for _, f := range fields {
+		if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hdr.Bytes(), EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// nextFrame reads the next frame from fr. The read deadline passing fails
+// the test with held (what it means that nothing came); so does the
+// connection ending.
+func nextFrame(t *testing.T, fr *http2.Framer, held string) http2.Frame {
+	t.Helper()
+	f, err := fr.ReadFrame()
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		t.Fatal(held)
+	case err != nil:
+		t.Fatalf("the connection ended (%v) instead of the stream", err)
+	}
+	return f
+}
+
 // TestGRPCSettingsAnnounceLimits checks that the gRPC server announces the
 // configured caps on concurrent calls per connection and on a call's
 // metadata in its HTTP/2 settings, where every client must obey them.
@@ -96,33 +132,13 @@ func TestGRPCMetadataCap(t *testing.T) {
 	if err := conn.SetDeadline(time.Now().Add(3 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	var hdr bytes.Buffer
-	enc := hpack.NewEncoder(&hdr)
-	fields := [][2]string{
-		{":method", "POST"}, {":scheme", "http"}, {":path", "/tokend.v1.TokenService/GetToken"},
-		{":authority", s.addrs.GRPC}, {"content-type", "application/grpc"}, {"te", "trailers"},
-		{"authorization", "Bearer " + tok.Secret},
-	}
+	fields := [][2]string{{"authorization", "Bearer " + tok.Secret}}
 	for i := range 3 { // 12 KiB in all, each field under the cap
 		fields = append(fields, [2]string{fmt.Sprintf("x-pad-%d", i), strings.Repeat("p", 4<<10)})
 	}
-	for _, f := range fields {
-		if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hdr.Bytes(), EndHeaders: true}); err != nil {
-		t.Fatal(err)
-	}
+	writeCallHeaders(t, fr, s.addrs.GRPC, "/tokend.v1.TokenService/GetToken", fields...)
 	for {
-		f, err := fr.ReadFrame()
-		var ne net.Error
-		switch {
-		case errors.As(err, &ne) && ne.Timeout():
-			t.Fatal("a stream over the metadata cap was held open, not refused")
-		case err != nil:
-			t.Fatalf("the connection ended (%v) instead of the stream being reset", err)
-		}
+		f := nextFrame(t, fr, "a stream over the metadata cap was held open, not refused")
 		if rst, ok := f.(*http2.RSTStreamFrame); ok && rst.StreamID == 1 {
 			return
 		}
@@ -141,30 +157,10 @@ func TestGRPCStalledCallEnds(t *testing.T) {
 	if err := conn.SetDeadline(time.Now().Add(3 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	var hdr bytes.Buffer
-	enc := hpack.NewEncoder(&hdr)
-	for _, f := range [][2]string{
-		{":method", "POST"}, {":scheme", "http"}, {":path", "/tokend.v1.TokenService/GetToken"},
-		{":authority", s.addrs.GRPC}, {"content-type", "application/grpc"}, {"te", "trailers"},
-	} {
-		if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hdr.Bytes(), EndHeaders: true}); err != nil {
-		t.Fatal(err)
-	}
+	writeCallHeaders(t, fr, s.addrs.GRPC, "/tokend.v1.TokenService/GetToken")
 	dec := hpack.NewDecoder(4096, nil)
 	for ended := false; !ended; {
-		f, err := fr.ReadFrame()
-		var ne net.Error
-		switch {
-		case errors.As(err, &ne) && ne.Timeout():
-			t.Fatal("a call that never sent its message was still open after 3s, ten times --max-call-duration")
-		case err != nil:
-			t.Fatalf("the connection ended (%v) instead of the call", err)
-		}
-		switch f := f.(type) {
+		switch f := nextFrame(t, fr, "a call that never sent its message was still open after 3s, ten times --max-call-duration").(type) {
 		case *http2.RSTStreamFrame:
 			ended = f.StreamID == 1
 		case *http2.HeadersFrame:
@@ -212,19 +208,7 @@ func TestGRPCKeepaliveEnforcement(t *testing.T) {
 			if inCall {
 				// A Watch stays open until the client ends it: the server
 				// waits for its request message.
-				var hdr bytes.Buffer
-				enc := hpack.NewEncoder(&hdr)
-				for _, f := range [][2]string{
-					{":method", "POST"}, {":scheme", "http"}, {":path", "/grpc.health.v1.Health/Watch"},
-					{":authority", s.addrs.GRPC}, {"content-type", "application/grpc"}, {"te", "trailers"},
-				} {
-					if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
-						t.Fatal(err)
-					}
-				}
-				if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hdr.Bytes(), EndHeaders: true}); err != nil {
-					t.Fatal(err)
-				}
+				writeCallHeaders(t, fr, s.addrs.GRPC, "/grpc.health.v1.Health/Watch")
 			}
 			var data [8]byte
 			for i := range 5 {

@@ -1177,6 +1177,19 @@ func TestLifecycleRESTRotate(t *testing.T) {
 		t.Helper()
 		return s.send(t, http.MethodPost, tokenPath(id)+"/rotate", ct, body, bearer(secret))
 	}
+	// withGrace creates a token named name for alice and rotates it with
+	// grace seconds of grace; it returns the id, the first secret and the
+	// rotation's answer.
+	withGrace := func(t *testing.T, name string, grace int) (int64, string, map[string]any) {
+		t.Helper()
+		tok := restCreate(t, s, alice.Secret, fmt.Sprintf(`{"name":%q}`, name))
+		id := idOf(t, tok)
+		resp, body := rotate(t, alice.Secret, id, jsonType, fmt.Appendf(nil, `{"grace_period_seconds":%d}`, grace))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("rotate: status %d; body %s", resp.StatusCode, body)
+		}
+		return id, tok["secret"].(string), dataOf(t, body, rotateKeys)
+	}
 
 	t.Run("no grace: the old secret stops at once", func(t *testing.T) {
 		tok := restCreate(t, s, alice.Secret, `{"name":"rot","allowed_ips":["127.0.0.1"],"expires_in_seconds":3600}`)
@@ -1219,13 +1232,7 @@ func TestLifecycleRESTRotate(t *testing.T) {
 	})
 
 	t.Run("grace keeps the old secret working and counted", func(t *testing.T) {
-		tok := restCreate(t, s, alice.Secret, `{"name":"graceful"}`)
-		id, old := idOf(t, tok), tok["secret"].(string)
-		resp, body := rotate(t, alice.Secret, id, jsonType, []byte(`{"grace_period_seconds":30}`))
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("rotate: status %d; body %s", resp.StatusCode, body)
-		}
-		data := dataOf(t, body, rotateKeys)
+		id, old, data := withGrace(t, "graceful", 30)
 		sec := data["secret"].(string)
 		if prev := timeOf(t, data, "previous_secret_expires_at"); !near(prev, time.Now().Add(30*time.Second), 2*time.Second) {
 			t.Errorf("previous_secret_expires_at = %v, want about 30s from now", prev)
@@ -1242,7 +1249,7 @@ func TestLifecycleRESTRotate(t *testing.T) {
 		}
 		// Rotating again ends the first secret's grace: only the latest
 		// two secrets work.
-		resp, body = rotate(t, sec, id, jsonType, []byte(`{"grace_period_seconds":30}`))
+		resp, body := rotate(t, sec, id, jsonType, []byte(`{"grace_period_seconds":30}`))
 		if resp.StatusCode != 200 {
 			t.Fatalf("second rotate: status %d; body %s", resp.StatusCode, body)
 		}
@@ -1258,13 +1265,8 @@ func TestLifecycleRESTRotate(t *testing.T) {
 	})
 
 	t.Run("the old secret reads but changes nothing", func(t *testing.T) {
-		tok := restCreate(t, s, alice.Secret, `{"name":"leaked"}`)
-		id, old := idOf(t, tok), tok["secret"].(string)
-		resp, body := rotate(t, alice.Secret, id, jsonType, []byte(`{"grace_period_seconds":60}`))
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("rotate: status %d; body %s", resp.StatusCode, body)
-		}
-		sec := dataOf(t, body, rotateKeys)["secret"].(string)
+		id, old, data := withGrace(t, "leaked", 60)
+		sec := data["secret"].(string)
 		if got, code := whoAmI(t, s, old); code != http.StatusOK || got != id {
 			t.Fatalf("old secret in its grace period: current = %d, status %d; want it to read", got, code)
 		}

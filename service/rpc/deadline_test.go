@@ -213,24 +213,23 @@ func BenchmarkCallCap(b *testing.B) {
 	const limit = 10 * time.Second
 	info := &tap.Info{FullMethodName: "/tokend.v1.TokenService/GetToken"}
 	capTap := capCalls(limit, map[string]bool{})
-	b.Run("tap", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			stream, end := context.WithCancel(context.Background())
-			ctx, _ := capTap(stream, info)
-			_ = ctx.Done()
-			end()
+	tapped := func(stream func() (context.Context, context.CancelFunc)) func(*testing.B) {
+		return func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				ctx, end := stream()
+				ctx, _ = capTap(ctx, info)
+				_ = ctx.Done()
+				end()
+			}
 		}
-	})
-	b.Run("tap/client-deadline", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			stream, end := context.WithTimeout(context.Background(), time.Second)
-			ctx, _ := capTap(stream, info)
-			_ = ctx.Done()
-			end()
-		}
-	})
+	}
+	b.Run("tap", tapped(func() (context.Context, context.CancelFunc) {
+		return context.WithCancel(context.Background())
+	}))
+	b.Run("tap/client-deadline", tapped(func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), time.Second)
+	}))
 	b.Run("guard", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
