@@ -216,7 +216,10 @@ func cliLifecycle(t *testing.T, db string, s *testServer) {
 			{"rotate unknown id", token("rotate", "999"), []string{"not found"}, false},
 			{"rotate another user's token", token("rotate", fmt.Sprint(bob.ID)), []string{"not found"}, false},
 			{"rotate revoked", token("rotate", fmt.Sprint(dead.ID)), []string{"revoked", "cannot be rotated"}, false},
-			{"rotate negative grace", token("rotate", "--grace-period", "-1m", id), []string{"grace-period"}, false},
+			{"rotate negative grace", token("rotate", "--grace-period", "-1m", id), []string{"grace-period"}, true},
+			// Whole seconds, not rounded: 300ms would be no grace at all.
+			{"rotate sub-second grace", token("rotate", "--grace-period", "300ms", id), []string{"grace-period", "whole number of seconds"}, true},
+			{"rotate fractional grace", token("rotate", "--grace-period", "1.5s", id), []string{"grace-period", "whole number of seconds"}, true},
 			{"rotate grace beyond the maximum", token("rotate", "--grace-period", "25h", id), []string{"grace-period", "24h"}, false},
 			{"rotate two ids", token("rotate", id, id), []string{"one token id"}, true},
 		} {

@@ -124,11 +124,13 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		if err != nil {
 			return err
 		}
-		if *grace < 0 {
-			return fmt.Errorf("--grace-period must not be negative, got %s", *grace)
+		if *grace < 0 || *grace%time.Second != 0 {
+			// The API takes whole seconds: rounding would turn 300ms into
+			// no grace at all, or 1.5s into 2s, without a word.
+			return fmt.Errorf("%w: --grace-period must be a whole number of seconds, not negative, such as 90s or 1h; got %s", errUsage, *grace)
 		}
 		return withAdmin(ctx, *db, true, func(c adminv1.AdminServiceClient) error {
-			resp, err := c.RotateToken(ctx, &adminv1.RotateTokenRequest{UserId: *user, TokenId: id, GracePeriodSeconds: int64(grace.Round(time.Second) / time.Second)})
+			resp, err := c.RotateToken(ctx, &adminv1.RotateTokenRequest{UserId: *user, TokenId: id, GracePeriodSeconds: int64(*grace / time.Second)})
 			if err != nil {
 				return errors.New(rpcMessage(err))
 			}
