@@ -420,6 +420,9 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 		}
 		defer ln.Close()
 		*side.dst = ln.Addr().String()
+		if side.name == "debug" {
+			warnExposedDebug(log, ln.Addr())
+		}
 		sides = append(sides, sideServer{side.name, ln, &http.Server{Handler: side.handler(), ReadHeaderTimeout: 5 * time.Second}})
 	}
 
@@ -510,6 +513,15 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 // watchNotice is how long health watchers have, at shutdown, to be sent
 // NOT_SERVING before their streams are ended.
 const watchNotice = 500 * time.Millisecond
+
+// warnExposedDebug logs a warning if the debug listener's address is not a
+// loopback one: pprof and expvar take no credentials, so anyone who can
+// reach them can profile the server and read its command line.
+func warnExposedDebug(log *slog.Logger, addr net.Addr) {
+	if tcp, ok := addr.(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
+		log.Warn("the debug listener (pprof, expvar; no authentication) is not on a loopback address", slog.String("debug", addr.String()))
+	}
+}
 
 // gracefulStop waits for graceful to finish until ctx is done, then forces
 // stop, saying so: a client holding a call open cannot keep the server up.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -141,5 +142,27 @@ func TestServeRefusesTooLongSocketPath(t *testing.T) {
 	}
 	if _, err := os.Stat(db); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the database was created (stat: %v)", err)
+	}
+}
+
+// TestDebugListenerOffLoopbackWarns checks the warning for a debug
+// listener that other hosts can reach, on addresses only (tests bind to
+// loopback alone).
+func TestDebugListenerOffLoopbackWarns(t *testing.T) {
+	for _, tc := range []struct {
+		addr net.Addr
+		warn bool
+	}{
+		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 6060}, false},
+		{&net.TCPAddr{IP: net.IPv6loopback, Port: 6060}, false},
+		{&net.TCPAddr{IP: net.IPv4zero, Port: 6060}, true},
+		{&net.TCPAddr{IP: net.IPv6unspecified, Port: 6060}, true},
+		{&net.TCPAddr{IP: net.IPv4(10, 0, 0, 7), Port: 6060}, true},
+	} {
+		var buf bytes.Buffer
+		warnExposedDebug(slog.New(slog.NewJSONHandler(&buf, nil)), tc.addr)
+		if got := strings.Contains(buf.String(), `"level":"WARN"`); got != tc.warn {
+			t.Errorf("debug listener on %v: warned %v, want %v (%s)", tc.addr, got, tc.warn, buf.String())
+		}
 	}
 }
