@@ -3,9 +3,21 @@ package main
 import (
 	"errors"
 	"net"
+	"os"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
+
+// ownsFile reports whether the file at path belongs to user uid.
+func ownsFile(uid int, path string) bool {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == uid
+}
 
 // peerUID returns the user id of the process at the other end of a unix
 // socket connection.

@@ -477,3 +477,72 @@ func TestProcessShutdownIsNotHeld(t *testing.T) {
 		}
 	})
 }
+
+// TestCLIAsRootReachesServiceAccountServer: an operator runs the token
+// commands as root (sudo) while the server runs as a service account. The
+// CLI accepts a server running as the user who owns the database, and
+// still refuses one running as another user: here the same server's
+// socket moved beside a database root owns, as a user who can write to a
+// shared directory could plant it.
+func TestCLIAsRootReachesServiceAccountServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the tokend binary")
+	}
+	if os.Getuid() != 0 {
+		t.Skip("needs root, to run the server as another user")
+	}
+	const nobody = 65534
+	dir, err := os.MkdirTemp("", "tokend-svc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	// The service account's directory, and a copy of the binary it may run.
+	if err := os.Chown(dir, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile(procBuild(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "tokend")
+	if err := os.WriteFile(bin, src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(dir, "svc.db")
+	var logs testutil.SyncBuffer
+	cmd := exec.Command(bin, "serve", "--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0")
+	cmd.Env = testutil.ChildEnv()
+	cmd.Stderr = &logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	if !waitFor(10*time.Second, func() bool { _, ok := procLogLine(logs.String(), "tokend listening"); return ok }) {
+		t.Fatalf("the server run as nobody did not start:\n%s", logs.String())
+	}
+
+	if _, _, err := cli(t, "token", "create", "--db", db, "--user", "alice", "--name", "by root"); err != nil {
+		t.Fatalf("token create as root, server run as the database's owner: %v", err)
+	}
+	if !waitFor(5*time.Second, func() bool { return strings.Contains(logs.String(), `"method":"CreateToken"`) }) { // logs go out in 100 ms batches
+		t.Errorf("the create did not reach the server:\n%s", logs.String())
+	}
+
+	other := filepath.Join(dir, "root.db")
+	if _, _, err := cli(t, "token", "create", "--db", other, "--user", "alice", "--name", "root's"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(socketPath(db), socketPath(other)); err != nil {
+		t.Fatal(err)
+	}
+	cliMustFail(t, []string{socketPath(other), "uid 65534"}, "token", "revoke", "--db", other, "--user", "alice", "1")
+	time.Sleep(300 * time.Millisecond) // past a log batch, for a line that must not come
+	if strings.Contains(logs.String(), `"method":"RevokeToken"`) {
+		t.Errorf("the revoke of root's token reached nobody's server")
+	}
+}

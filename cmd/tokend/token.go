@@ -226,7 +226,7 @@ func rpcMessage(err error) string {
 // missing database is an error rather than created.
 func withAdminLimits(ctx context.Context, db string, mustExist bool, limits service.Limits, f func(adminv1.AdminServiceClient) error) error {
 	sock := socketPath(db)
-	first, err := dialAdmin(ctx, sock)
+	first, err := dialAdmin(ctx, sock, db)
 	switch {
 	case err == nil:
 		// The connection checked here is the one gRPC uses first; a
@@ -251,7 +251,7 @@ func withAdminLimits(ctx context.Context, db string, mustExist bool, limits serv
 				if c := take(); c != nil {
 					return c, nil
 				}
-				return dialAdmin(ctx, sock)
+				return dialAdmin(ctx, sock, db)
 			}))
 		if err != nil {
 			return fmt.Errorf("connect to the running server at %s: %w", sock, err)
@@ -277,13 +277,15 @@ func withAdminLimits(ctx context.Context, db string, mustExist bool, limits serv
 // no socket file, or a stale one that refuses connections.
 var errNoAdminServer = errors.New("no server on the admin socket")
 
-// dialAdmin connects to the admin socket at sock, if a server answers
-// there that may be trusted with the commands: sock is the socket itself,
-// not a symlink to one elsewhere, and the process behind it runs as this
-// user or as root. Otherwise a socket planted beside a database in a
-// shared directory could take a revoke and answer it, never touching the
-// real database, or hand out secrets of its own.
-func dialAdmin(ctx context.Context, sock string) (net.Conn, error) {
+// dialAdmin connects to the admin socket at sock, beside the database db,
+// if a server answers there that may be trusted with the commands: sock is
+// the socket itself, not a symlink to one elsewhere, and the process behind
+// it runs as this user, as root, or (when this is root, as an operator
+// with sudo) as the user who owns db, as a server run under a service
+// account does. Otherwise a socket planted beside a database in a shared
+// directory could take a revoke and answer it, never touching the real
+// database, or hand out secrets of its own.
+func dialAdmin(ctx context.Context, sock, db string) (net.Conn, error) {
 	fi, err := os.Lstat(sock)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -299,9 +301,13 @@ func dialAdmin(ctx context.Context, sock string) (net.Conn, error) {
 		return nil, fmt.Errorf("%w: %w", errNoAdminServer, err)
 	}
 	uid, err := peerUID(c)
-	if err != nil || uid != os.Getuid() && uid != 0 {
+	if err != nil {
 		c.Close()
-		return nil, fmt.Errorf("the server on the admin socket %s runs as another user (uid %d, %v); refusing to send it commands", sock, uid, err)
+		return nil, fmt.Errorf("admin socket %s: the server's user cannot be told: %w", sock, err)
+	}
+	if me := os.Getuid(); uid != me && uid != 0 && !(me == 0 && ownsFile(uid, db)) {
+		c.Close()
+		return nil, fmt.Errorf("the server on the admin socket %s runs as uid %d, neither you nor the owner of %s; refusing to send it commands", sock, uid, db)
 	}
 	return c, nil
 }
