@@ -160,11 +160,12 @@ func (s *TokenService) ListTokens(ctx context.Context, req *tokenv1.ListTokensRe
 	if limit < 0 {
 		limit = math.MaxInt // refused by validation, not read as "all"
 	}
-	ts, next, err := s.tokens.List(ListInput{UserID: p.UserID, Limit: limit, Cursor: req.GetCursor(), Status: req.GetStatus()})
+	now := s.now() // one time for the status filter and the statuses shown
+	ts, next, err := s.tokens.List(ListInput{UserID: p.UserID, Limit: limit, Cursor: req.GetCursor(), Status: req.GetStatus(), Now: now})
 	if err != nil {
 		return nil, err
 	}
-	return &tokenv1.ListTokensResponse{Tokens: toProtos(ts, s.now()), NextCursor: next}, nil
+	return &tokenv1.ListTokensResponse{Tokens: toProtos(ts, now), NextCursor: next}, nil
 }
 
 // UpdateToken changes the fields of a caller's token named in update_mask.

@@ -299,6 +299,11 @@ type ListInput struct {
 	Limit  int    // 0: DefaultPageSize; -1: all (admin only)
 	Cursor string // from the previous page
 	Status string // "", "active", "expired" or "revoked"
+	// Now is the time statuses are judged at, for the filter; zero means
+	// the clock's now. A caller that shows statuses passes the time it
+	// shows them at, so a token expiring meanwhile cannot be listed under
+	// ?status=active showing "expired".
+	Now time.Time
 }
 
 // List returns a page of in.UserID's tokens, newest first, and the cursor
@@ -318,7 +323,10 @@ func (s *Tokens) List(in ListInput) ([]token.Token, string, error) {
 	v.Add("cursor", err)
 	var keep func(*token.Token) bool
 	var live bool
-	now := s.now()
+	now := in.Now
+	if now.IsZero() {
+		now = s.now()
+	}
 	if in.Status != "" {
 		want, ok := parseStatus(in.Status)
 		if !ok {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
+	"github.com/tokend/tokend/service/auth"
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/store"
 	"github.com/tokend/tokend/service/token"
@@ -181,6 +183,43 @@ func TestListByStatusAfterPrune(t *testing.T) {
 			if !slices.Equal(got, want) {
 				t.Errorf("List(status %q, limit %d) = %v, want %v", status, limit, got, want)
 			}
+		}
+	}
+}
+
+// TestListStatusFilterAndShownStatusAgree lists with ?status=active on a
+// clock that moves on every read, past a token's expiry: the filter and
+// the status shown must be judged at one time, so no token is listed
+// under status=active showing "expired".
+func TestListStatusFilterAndShownStatusAgree(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "t.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	start := time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	reads := 0
+	clock := func() time.Time { // an hour later on every read
+		mu.Lock()
+		defer mu.Unlock()
+		reads++
+		return start.Add(time.Duration(reads) * time.Hour)
+	}
+	created, _, err := st.Create(token.Token{UserID: "alice", Name: "expiring", SecretHash: secret.HashOf("tkd_x"), CreatedAt: start,
+		ExpiresAt: start.Add(90 * time.Minute)}, store.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := NewTokenService(NewTokens(st, nil, DefaultLimits(), clock), clock)
+	ctx := auth.NewContext(context.Background(), auth.Principal{UserID: "alice", TokenID: created.ID})
+	resp, err := svc.ListTokens(ctx, &tokenv1.ListTokensRequest{Status: "active"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range resp.GetTokens() {
+		if tk.GetStatus() != tokenv1.TokenStatus_TOKEN_STATUS_ACTIVE {
+			t.Errorf("status=active listed token %d as %v", tk.GetId(), tk.GetStatus())
 		}
 	}
 }
