@@ -18,16 +18,23 @@ import (
 	"github.com/tokend/tokend/service/usage"
 )
 
+// openStore opens a store in a fresh file, closed when the test ends.
+func openStore(t *testing.T) *store.Store {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "t.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
 // TestWritesRunOnceWhileUsageFlushes checks that a change is applied
 // exactly once even when usage flushes commit while it runs. (Retrying a
 // write as if it were a read once minted duplicate tokens and let a
 // rotation forget the secret it was meant to keep for the grace period.)
 func TestWritesRunOnceWhileUsageFlushes(t *testing.T) {
-	st, err := store.Open(filepath.Join(t.TempDir(), "t.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openStore(t)
 	rec, err := usage.New(st, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -83,11 +90,7 @@ func TestWritesRunOnceWhileUsageFlushes(t *testing.T) {
 // lock; and that the write, once the lock is free, still happens exactly
 // as asked.
 func TestWriteEndsAtTheCallDeadline(t *testing.T) {
-	st, err := store.Open(filepath.Join(t.TempDir(), "t.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openStore(t)
 	tokens := NewTokens(st, nil, DefaultLimits(), time.Now)
 	c, err := tokens.Create(context.Background(), CreateInput{UserID: "alice", Name: "stuck"})
 	if err != nil {
@@ -133,11 +136,7 @@ func TestWriteEndsAtTheCallDeadline(t *testing.T) {
 // the expired token must still be listed as expired, and every status
 // must list exactly its tokens.
 func TestListByStatusAfterPrune(t *testing.T) {
-	st, err := store.Open(filepath.Join(t.TempDir(), "t.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openStore(t)
 	now := time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)
 	tokens := NewTokens(st, nil, DefaultLimits(), func() time.Time { return now })
 	ctx := context.Background()
@@ -192,11 +191,7 @@ func TestListByStatusAfterPrune(t *testing.T) {
 // the status shown must be judged at one time, so no token is listed
 // under status=active showing "expired".
 func TestListStatusFilterAndShownStatusAgree(t *testing.T) {
-	st, err := store.Open(filepath.Join(t.TempDir(), "t.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openStore(t)
 	start := time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)
 	var mu sync.Mutex
 	reads := 0
