@@ -145,6 +145,10 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 			return cfg, fmt.Errorf("%w: --%s must be a positive duration, got %q", errUsage, d.flag, *raw[i])
 		}
 	}
+	// The standard variable for every signal is a base URL (OpenTelemetry
+	// specification); the others name the traces endpoint itself.
+	cfg.Tracing.EndpointIsBase = !isSet(fs, "otlp-endpoint") && getenv("TOKEND_OTLP_ENDPOINT") == "" &&
+		getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == "" && getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != ""
 	if cfg.Tracing.SampleRatio, err = strconv.ParseFloat(*sampleRatio, 64); err != nil {
 		return cfg, fmt.Errorf("%w: --trace-sample-ratio must be a number from 0 to 1, got %q", errUsage, *sampleRatio)
 	}

@@ -166,3 +166,28 @@ func TestDebugListenerOffLoopbackWarns(t *testing.T) {
 		}
 	}
 }
+
+// TestOTLPEndpointSource checks which sources of the OTLP endpoint are a
+// base URL (OTEL_EXPORTER_OTLP_ENDPOINT alone, for every signal) rather
+// than the traces endpoint itself.
+func TestOTLPEndpointSource(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		base bool
+	}{
+		{"generic variable", nil, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/otel"}, true},
+		{"traces variable", nil, map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/otel"}, false},
+		{"tokend's variable", nil, map[string]string{"TOKEND_OTLP_ENDPOINT": "http://c:4318/otel", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://d:4318"}, false},
+		{"flag", []string{"--otlp-endpoint", "http://c:4318/otel"}, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://d:4318"}, false},
+	} {
+		cfg, err := parseServe(tc.args, func(k string) string { return tc.env[k] }, io.Discard)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if cfg.Tracing.EndpointIsBase != tc.base {
+			t.Errorf("%s: endpoint %q taken as a base URL: %v, want %v", tc.name, cfg.Tracing.Endpoint, cfg.Tracing.EndpointIsBase, tc.base)
+		}
+	}
+}

@@ -37,6 +37,11 @@ type TracingConfig struct {
 	// /v1/traces). An http:// URL is sent in clear text, https:// over TLS.
 	// Empty turns tracing off.
 	Endpoint string
+	// EndpointIsBase says Endpoint came from OTEL_EXPORTER_OTLP_ENDPOINT,
+	// which the OpenTelemetry specification makes a base URL for every
+	// signal: over HTTP, traces go to its path plus /v1/traces (a path
+	// given any other way is used as it is).
+	EndpointIsBase bool
 	// Protocol is ProtocolGRPC (the default) or ProtocolHTTP.
 	Protocol string
 	// SampleRatio is the fraction of requests traced, from 0 to 1. The
@@ -103,11 +108,9 @@ func NewTracing(ctx context.Context, cfg TracingConfig) (*Tracing, error) {
 	case ProtocolGRPC:
 		exp, err = otlptracegrpc.New(ctx, otlptracegrpc.WithEndpointURL(cfg.Endpoint))
 	case ProtocolHTTP:
-		opts := []otlptracehttp.Option{otlptracehttp.WithEndpointURL(cfg.Endpoint)}
-		if u, _ := url.Parse(cfg.Endpoint); strings.Trim(u.Path, "/") == "" {
-			opts = append(opts, otlptracehttp.WithURLPath("/v1/traces"))
-		}
-		exp, err = otlptracehttp.New(ctx, opts...)
+		u, _ := url.Parse(cfg.Endpoint)
+		exp, err = otlptracehttp.New(ctx, otlptracehttp.WithEndpointURL(cfg.Endpoint),
+			otlptracehttp.WithURLPath(tracesPath(u.Path, cfg.EndpointIsBase)))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start OTLP exporter: %w", err)
@@ -122,6 +125,19 @@ func NewTracing(ctx context.Context, cfg TracingConfig) (*Tracing, error) {
 		sdktrace.WithSampler(sdktrace.TraceIDRatioBased(cfg.SampleRatio)),
 	)
 	return &Tracing{tp: tp, prop: propagation.TraceContext{}}, nil
+}
+
+// tracesPath is the URL path OTLP/HTTP exports traces to, for an endpoint
+// whose path is p: /v1/traces when p is empty, p plus /v1/traces when the
+// endpoint is a base URL (EndpointIsBase), else p itself.
+func tracesPath(p string, base bool) string {
+	switch {
+	case strings.Trim(p, "/") == "":
+		return "/v1/traces"
+	case base:
+		return strings.TrimSuffix(p, "/") + "/v1/traces"
+	}
+	return p
 }
 
 // Shutdown exports the spans still buffered and stops the exporter.
