@@ -37,13 +37,6 @@ import (
 func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		path := routingPath(r)
-		if r.URL.RawPath != "" && path != r.URL.RawPath {
-			// grpc-gateway routes on RawPath: give it the same path.
-			r = r.WithContext(r.Context())
-			u := *r.URL
-			u.RawPath = path
-			r.URL = &u
-		}
 		method := r.Method
 		if method == http.MethodHead {
 			// HEAD is GET without the body (RFC 9110 9.3.2): routed and
@@ -65,9 +58,14 @@ func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler 
 			return
 		}
 		rt := res.route
-		if r.Method == http.MethodHead {
+		if method != r.Method || r.URL.RawPath != "" && path != r.URL.RawPath {
+			// grpc-gateway routes on the method and RawPath: give it the
+			// method and path the table routed on.
 			r = r.WithContext(r.Context())
-			r.Method = http.MethodGet
+			u := *r.URL
+			u.RawPath = path
+			r.URL = &u
+			r.Method = method
 		}
 		if rt.query != nil {
 			if fields := vetQuery(r, rt.query); len(fields) > 0 {

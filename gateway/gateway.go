@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -417,8 +418,8 @@ func decodeUnreserved(p string) string {
 	var b strings.Builder
 	for i := 0; i < len(p); i++ {
 		if p[i] == '%' && i+2 < len(p) {
-			if c, ok := unhex2(p[i+1], p[i+2]); ok && unreserved(c) {
-				b.WriteByte(c)
+			if c, err := strconv.ParseUint(p[i+1:i+3], 16, 8); err == nil && unreserved(byte(c)) {
+				b.WriteByte(byte(c))
 				i += 2
 				continue
 			}
@@ -426,24 +427,6 @@ func decodeUnreserved(p string) string {
 		b.WriteByte(p[i])
 	}
 	return b.String()
-}
-
-func unhex2(hi, lo byte) (byte, bool) {
-	h, ok1 := unhex(hi)
-	l, ok2 := unhex(lo)
-	return h<<4 | l, ok1 && ok2
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }
 
 func unreserved(c byte) bool {
