@@ -134,8 +134,9 @@ type Public struct {
 
 // NewPublic builds the public gRPC server with TokenService, health and
 // reflection, and an in-process Channel to TokenService. Both run one chain:
-// request edge (trace id, log line) → guard (deadline cap, panic recovery,
-// error mapping) → authentication (skipped for health checks) → handler. The
+// request edge (trace id, log line) → guard (deadline cap, for the channel;
+// see capCalls for the network server's; panic recovery, error mapping) →
+// authentication (skipped for health checks) → handler. The
 // network server also has, outside that chain, the tracing stats handler
 // and the metrics interceptor (the gateway instruments REST requests
 // itself, at the HTTP edge). The chain is unary: the streaming methods of
@@ -143,14 +144,19 @@ type Public struct {
 // them a trace id, a log line and panic recovery.
 func NewPublic(d Deps) *Public {
 	limits := d.Server.orDefault()
-	interceptors := []grpc.UnaryServerInterceptor{
-		edgeInterceptor(d.Logger),
-		guardInterceptor(d.Logger, limits.MaxCallDuration),
-		d.Auth.UnaryInterceptor(isPublicMethod),
+	// The network server's unary calls are capped by capCalls when their
+	// headers arrive, so its guard does not cap them again; the in-process
+	// channel's calls (REST) are capped by the guard.
+	chain := func(callCap time.Duration) []grpc.UnaryServerInterceptor {
+		return []grpc.UnaryServerInterceptor{
+			edgeInterceptor(d.Logger),
+			guardInterceptor(d.Logger, callCap),
+			d.Auth.UnaryInterceptor(isPublicMethod),
+		}
 	}
-	network := interceptors
+	network := chain(0)
 	if m := d.Metrics.UnaryServerInterceptor(); m != nil {
-		network = append([]grpc.UnaryServerInterceptor{m}, interceptors...)
+		network = append([]grpc.UnaryServerInterceptor{m}, network...)
 	}
 	streaming := make(map[string]bool) // filled below, before the server serves
 	streamsEnded, endStreams := context.WithCancel(context.Background())
@@ -172,7 +178,7 @@ func NewPublic(d Deps) *Public {
 		}
 	}
 
-	local := newChannel(chainUnary(interceptors...))
+	local := newChannel(chainUnary(chain(limits.MaxCallDuration)...))
 	tokenv1.RegisterTokenServiceServer(local, tokens)
 	return &Public{Server: srv, Local: local, Health: hs, EndStreams: endStreams}
 }
@@ -331,8 +337,8 @@ func AppendCallerAttrs(attrs []slog.Attr, ri *request.Info) []slog.Attr {
 // sooner. grpc-go reads a unary call's request message before any
 // interceptor runs, and with no deadline waits for it as long as the
 // connection lives: a client, with no token, could hold a goroutine and
-// the metadata of every stream it opens and never finishes. (The guard's
-// cap then finds the deadline set and adds nothing.) Streaming methods
+// the metadata of every stream it opens and never finishes. (So the
+// network chain's guard has no cap of its own.) Streaming methods
 // (streaming, by full name: health's Watch, reflection) are meant to last.
 func capCalls(max time.Duration, streaming map[string]bool) tap.ServerInHandle {
 	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
