@@ -94,7 +94,15 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	maxBody := rawFlag(fs, getenv, "max-body-bytes", "TOKEND_MAX_BODY_BYTES", strconv.Itoa(gateway.DefaultMaxBodyBytes),
 		"largest REST request body accepted")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", envOr(getenv, "TOKEND_METRICS_ADDR", ""), "if set, serve Prometheus metrics at /metrics on this address, such as 127.0.0.1:9464; never on the public port (env TOKEND_METRICS_ADDR)")
-	fs.StringVar(&cfg.Tracing.Endpoint, "otlp-endpoint", envOr(getenv, "TOKEND_OTLP_ENDPOINT", envOr(getenv, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", getenv("OTEL_EXPORTER_OTLP_ENDPOINT"))),
+	// The standard variable for every signal is a base URL (OpenTelemetry
+	// specification); the others, and the flag, name the traces endpoint
+	// itself.
+	endpoint, endpointIsBase := envOr(getenv, "TOKEND_OTLP_ENDPOINT", getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")), false
+	if endpoint == "" {
+		endpoint = getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+		endpointIsBase = endpoint != ""
+	}
+	fs.StringVar(&cfg.Tracing.Endpoint, "otlp-endpoint", endpoint,
 		"if set, export traces to this OTLP collector URL, such as http://127.0.0.1:4317; tracing is off otherwise (env TOKEND_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT)")
 	fs.StringVar(&cfg.Tracing.Protocol, "otlp-protocol", envOr(getenv, "TOKEND_OTLP_PROTOCOL", envOr(getenv, "OTEL_EXPORTER_OTLP_PROTOCOL", telemetry.ProtocolGRPC)),
 		"OTLP transport: grpc or http/protobuf (env TOKEND_OTLP_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL)")
@@ -145,10 +153,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 			return cfg, fmt.Errorf("%w: --%s must be a positive duration, got %q", errUsage, d.flag, *raw[i])
 		}
 	}
-	// The standard variable for every signal is a base URL (OpenTelemetry
-	// specification); the others name the traces endpoint itself.
-	cfg.Tracing.EndpointIsBase = !isSet(fs, "otlp-endpoint") && getenv("TOKEND_OTLP_ENDPOINT") == "" &&
-		getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == "" && getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != ""
+	cfg.Tracing.EndpointIsBase = endpointIsBase && !isSet(fs, "otlp-endpoint")
 	if cfg.Tracing.SampleRatio, err = strconv.ParseFloat(*sampleRatio, 64); err != nil {
 		return cfg, fmt.Errorf("%w: --trace-sample-ratio must be a number from 0 to 1, got %q", errUsage, *sampleRatio)
 	}
