@@ -13,7 +13,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -226,31 +225,16 @@ func rpcMessage(err error) string {
 // missing database is an error rather than created.
 func withAdminLimits(ctx context.Context, db string, mustExist bool, limits service.Limits, f func(adminv1.AdminServiceClient) error) error {
 	sock := socketPath(db)
-	first, err := dialAdmin(ctx, sock, db)
+	probe, err := dialAdmin(ctx, sock, db)
 	switch {
 	case err == nil:
-		// The connection checked here is the one gRPC uses first; a
-		// reconnection is checked the same way. The target is not parsed
-		// as a URL (a path with '#', '?' or '%' in it would be cut short
-		// or changed): the dialer is given the path itself.
-		var mu sync.Mutex
-		take := func() net.Conn {
-			mu.Lock()
-			defer mu.Unlock()
-			c := first
-			first = nil
-			return c
-		}
-		defer func() {
-			if c := take(); c != nil { // gRPC never dialed
-				c.Close()
-			}
-		}()
+		probe.Close()
+		// Every connection gRPC makes is checked as the probe was. The
+		// target is not parsed as a URL (a path with '#', '?' or '%' in it
+		// would be cut short or changed): the dialer is given the path
+		// itself.
 		conn, err := grpc.NewClient("passthrough:///tokend-admin", grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-				if c := take(); c != nil {
-					return c, nil
-				}
 				return dialAdmin(ctx, sock, db)
 			}))
 		if err != nil {
