@@ -238,11 +238,7 @@ func (r *Recorder) Err() error {
 
 // Pending returns how many uses are not yet on disk, for metrics and
 // tests.
-func (r *Recorder) Pending() uint64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.nPending + r.nInflight + r.owed
-}
+func (r *Recorder) Pending() uint64 { return r.Stats().Pending }
 
 // Stats describe the Recorder for metrics.
 type Stats struct {
