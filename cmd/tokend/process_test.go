@@ -91,17 +91,21 @@ type childLog struct {
 	text func() string
 }
 
-// startChild starts `tokend serve` on db with its log going to log.w,
-// kills it when the test ends if it is still running, and waits for its
-// "tokend listening" line, which log.listening looks for. It returns the
-// line, from which callers learn the bound addresses.
-func startChild(t *testing.T, bin, db string, log childLog, extra ...string) (*child, map[string]any) {
+// startChild starts `tokend serve` on db with its log going to log.w, as
+// user as (nil: as the test), kills it when the test ends if it is still
+// running, and waits for its "tokend listening" line, which log.listening
+// looks for. It returns the line, from which callers learn the bound
+// addresses.
+func startChild(t *testing.T, bin, db string, log childLog, as *syscall.Credential, extra ...string) (*child, map[string]any) {
 	t.Helper()
 	c := &child{done: make(chan error, 1), logText: log.text}
 	args := append([]string{"serve", "--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"}, extra...)
 	c.cmd = exec.Command(bin, args...)
 	c.cmd.Env = testutil.ChildEnv()
 	c.cmd.Stderr = log.w
+	if as != nil {
+		c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: as}
+	}
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -166,12 +170,18 @@ type procServer struct {
 // listening" log line, from which it learns the bound addresses.
 func procStart(t *testing.T, bin, db string, extra ...string) *procServer {
 	t.Helper()
+	return procStartAs(t, bin, db, nil, extra...)
+}
+
+// procStartAs is procStart, the server run as user as.
+func procStartAs(t *testing.T, bin, db string, as *syscall.Credential, extra ...string) *procServer {
+	t.Helper()
 	p := &procServer{stderr: &testutil.SyncBuffer{}}
 	c, line := startChild(t, bin, db, childLog{
 		w:         p.stderr,
 		listening: func() (map[string]any, bool) { return procLogLine(p.stderr.String(), "tokend listening") },
 		text:      p.stderr.String,
-	}, extra...)
+	}, as, extra...)
 	p.child = c
 	p.http, _ = line["http"].(string)
 	p.grpc, _ = line["grpc"].(string)
@@ -510,21 +520,8 @@ func TestCLIAsRootReachesServiceAccountServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	db := filepath.Join(dir, "svc.db")
-	var logs testutil.SyncBuffer
-	cmd := exec.Command(bin, "serve", "--db", db, "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0")
-	cmd.Env = testutil.ChildEnv()
-	cmd.Stderr = &logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	if !waitFor(10*time.Second, func() bool { _, ok := procLogLine(logs.String(), "tokend listening"); return ok }) {
-		t.Fatalf("the server run as nobody did not start:\n%s", logs.String())
-	}
+	srv := procStartAs(t, bin, db, &syscall.Credential{Uid: nobody, Gid: nobody})
+	logs := srv.stderr
 
 	if _, _, err := cli(t, "token", "create", "--db", db, "--user", "alice", "--name", "by root"); err != nil {
 		t.Fatalf("token create as root, server run as the database's owner: %v", err)
@@ -541,7 +538,17 @@ func TestCLIAsRootReachesServiceAccountServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	cliMustFail(t, []string{socketPath(other), "uid 65534"}, "token", "revoke", "--db", other, "--user", "alice", "1")
-	time.Sleep(300 * time.Millisecond) // past a log batch, for a line that must not come
+	// Put the socket back and make a call that reaches the server: once
+	// its line is logged, so would a revoke made before it have been.
+	if err := os.Rename(socketPath(other), socketPath(db)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := cli(t, "token", "list", "--db", db, "--user", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(5*time.Second, func() bool { return strings.Contains(logs.String(), `"method":"ListTokens"`) }) {
+		t.Fatalf("the list did not reach the server:\n%s", logs.String())
+	}
 	if strings.Contains(logs.String(), `"method":"RevokeToken"`) {
 		t.Errorf("the revoke of root's token reached nobody's server")
 	}

@@ -741,7 +741,7 @@ func soakStart(t *testing.T, bin, db string, extra ...string) *soakServer {
 		w:         p.log,
 		listening: func() (map[string]any, bool) { l := p.log.listeningLine(); return l, l != nil },
 		text:      p.log.tailText,
-	}, extra...)
+	}, nil, extra...)
 	p.child = c
 	p.http, _ = line["http"].(string)
 	p.grpc, _ = line["grpc"].(string)
