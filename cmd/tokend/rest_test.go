@@ -207,11 +207,22 @@ func TestRESTGetToken(t *testing.T) {
 
 	t.Run("HEAD is GET without the body", func(t *testing.T) {
 		path := tokenPath(f.active.ID)
+		usage := func() int64 {
+			t.Helper()
+			_, body := s.get(t, path, bearer(f.active.Secret))
+			return numberOf(t, decodeObject(t, body)["data"].(map[string]any), "usage_count")
+		}
+		before := usage()
 		resp, body := s.do(t, http.MethodHead, path, bearer(f.active.Secret))
 		n, err := strconv.Atoi(resp.Header.Get("Content-Length"))
 		if resp.StatusCode != http.StatusOK || len(body) != 0 || resp.Header.Get("Content-Type") != "application/json" || err != nil || n < 100 {
 			t.Errorf("HEAD %s: %d, %d body bytes, Content-Type %q, Content-Length %q; want 200, none, application/json and the GET body's length",
 				path, resp.StatusCode, len(body), resp.Header.Get("Content-Type"), resp.Header.Get("Content-Length"))
+		}
+		// The HEAD is a use, like the GET it is: before's GET, the HEAD, and
+		// the GET reading it.
+		if after := usage(); after != before+2 {
+			t.Errorf("usage_count after a HEAD = %d, want %d", after, before+2)
 		}
 		resp, body = s.do(t, http.MethodHead, path, bearer(mustSecret(t)))
 		if resp.StatusCode != http.StatusUnauthorized || len(body) != 0 || resp.Header.Get("WWW-Authenticate") == "" {
