@@ -5,20 +5,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
-	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
+	"github.com/tokend/tokend/gateway/gatewaytest"
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 )
 
 func benchToken() *tokenv1.GetTokenResponse {
-	now := time.Unix(1700000000, 0)
-	return &tokenv1.GetTokenResponse{Token: &tokenv1.Token{
-		Id: 23145, Name: "CI Deployments", Status: tokenv1.TokenStatus_TOKEN_STATUS_ACTIVE,
-		LastUsedAt: timestamppb.New(now), UsageCount: 12, ExpiresAt: timestamppb.New(now.Add(time.Hour)),
-		CreatedAt: timestamppb.New(now), AllowedIps: []string{"10.0.0.0/24", "203.0.113.12"},
-	}}
+	return &tokenv1.GetTokenResponse{Token: gatewaytest.ExampleToken()}
 }
 
 // BenchmarkTokenJSON is the REST encoding of a GetToken response: the

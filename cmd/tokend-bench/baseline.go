@@ -17,43 +17,21 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tokend/tokend/gateway"
+	"github.com/tokend/tokend/gateway/gatewaytest"
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 	"github.com/tokend/tokend/service/logjson"
 )
 
-// exampleBody is the seed's example REST response: the body baseline A
-// returns, byte for byte.
-const exampleBody = `{"data":{"id":23145,"name":"CI Deployments","status":"active","last_used_at":"2024-04-11T14:35:05Z","usage_count":12,"expires_at":"2024-12-31T06:00:00Z","created_at":"2024-03-01T18:11:00Z","allowed_ips":["10.0.0.0/24","203.0.113.12"]}}`
+// The seed's example, as REST body, id and TokenService message: what the
+// baselines return and what every answer is checked against.
+const (
+	exampleBody = gatewaytest.ExampleJSON
+	exampleID   = gatewaytest.ExampleID
+)
 
-// exampleID is the id of the example token.
-const exampleID = 23145
-
-// exampleToken is the same token as a TokenService message: what baseline
-// B returns.
-func exampleToken() *tokenv1.Token {
-	ts := func(s string) *timestamppb.Timestamp {
-		t, err := time.Parse(time.RFC3339, s)
-		if err != nil {
-			panic(err)
-		}
-		return timestamppb.New(t)
-	}
-	return &tokenv1.Token{
-		Id:         exampleID,
-		Name:       "CI Deployments",
-		Status:     tokenv1.TokenStatus_TOKEN_STATUS_ACTIVE,
-		LastUsedAt: ts("2024-04-11T14:35:05Z"),
-		UsageCount: 12,
-		ExpiresAt:  ts("2024-12-31T06:00:00Z"),
-		CreatedAt:  ts("2024-03-01T18:11:00Z"),
-		AllowedIps: []string{"10.0.0.0/24", "203.0.113.12"},
-	}
-}
+var exampleToken = gatewaytest.ExampleToken
 
 // The baseline server subcommands.
 const (
@@ -120,31 +98,13 @@ func serveBareHTTP(ctx context.Context, ln net.Listener) error {
 // them to its log in 100 ms batches.
 func serveGatewayOnly(ctx context.Context, ln net.Listener) error {
 	h, err := gateway.New(ctx, gateway.Options{
-		Conn:   fixedConn{token: exampleToken()},
+		Conn:   gatewaytest.FixedConn{Token: exampleToken()},
 		Logger: slog.New(logjson.NewHandler(io.Discard)),
 	})
 	if err != nil {
 		return err
 	}
 	return serveHTTP(ctx, ln, h)
-}
-
-// fixedConn is an in-process channel whose every GetToken answers token.
-// Like tokend's in-process channel it hands over the response rather than
-// copying it, and the gateway only reads it.
-type fixedConn struct{ token *tokenv1.Token }
-
-func (c fixedConn) Invoke(_ context.Context, method string, _, reply any, _ ...grpc.CallOption) error {
-	r, ok := reply.(*tokenv1.GetTokenResponse)
-	if !ok {
-		return status.Errorf(codes.Unimplemented, "%s is not served by this baseline", method)
-	}
-	r.Token = c.token
-	return nil
-}
-
-func (fixedConn) NewStream(_ context.Context, _ *grpc.StreamDesc, method string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
-	return nil, status.Errorf(codes.Unimplemented, "%s is not served by this baseline", method)
 }
 
 // serveHTTP serves h on ln until ctx is done, with the same server

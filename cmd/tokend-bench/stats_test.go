@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/gateway"
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 )
 
@@ -180,24 +179,6 @@ func TestParseStat(t *testing.T) {
 	// user+nice+system+irq+softirq+steal = 100+10+50+5+5+30 = 200 ticks.
 	if err != nil || busy != 2*time.Second {
 		t.Errorf("parseMachineBusy = %v, %v; want 2s", busy, err)
-	}
-}
-
-// TestBaselinesServeTheSameToken checks that baseline A's body is what
-// tokend's REST layer would write for baseline B's message, so A and B
-// serve one token.
-func TestBaselinesServeTheSameToken(t *testing.T) {
-	b, err := json.Marshal(struct {
-		Data gateway.Token `json:"data"`
-	}{gateway.TokenJSON(exampleToken())})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(b) != exampleBody {
-		t.Errorf("REST form of the example token:\n%s\nwant\n%s", b, exampleBody)
-	}
-	if len(exampleBody) != 235 {
-		t.Errorf("example body is %d bytes, the seed's is 235", len(exampleBody))
 	}
 }
 

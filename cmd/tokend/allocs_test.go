@@ -9,13 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tokend/tokend/gateway"
+	"github.com/tokend/tokend/gateway/gatewaytest"
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 	"github.com/tokend/tokend/service"
 	"github.com/tokend/tokend/service/auth"
@@ -157,20 +154,20 @@ func BenchmarkRESTGetToken(b *testing.B) {
 		}
 	}
 	b.Run("baseline=net-http", func(b *testing.B) {
-		body := []byte(`{"data":{"id":23145,"name":"CI Deployments","status":"active","last_used_at":"2024-04-11T14:35:05Z","usage_count":12,"expires_at":"2024-12-31T06:00:00Z","created_at":"2024-03-01T18:11:00Z","allowed_ips":["10.0.0.0/24","203.0.113.12"]}}`)
+		body := []byte(gatewaytest.ExampleJSON)
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /api/v1/me/tokens/{id}", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header()["Content-Type"] = []string{"application/json"}
 			_, _ = w.Write(body)
 		})
-		get(b, mux, createdToken{ID: 23145, Secret: "unused"})
+		get(b, mux, createdToken{ID: gatewaytest.ExampleID, Secret: "unused"})
 	})
 	b.Run("baseline=gateway", func(b *testing.B) {
-		h, err := gateway.New(context.Background(), gateway.Options{Conn: fixedConn{}, Logger: newLogger("json", discard{})})
+		h, err := gateway.New(context.Background(), gateway.Options{Conn: gatewaytest.FixedConn{Token: gatewaytest.ExampleToken()}, Logger: newLogger("json", discard{})})
 		if err != nil {
 			b.Fatal(err)
 		}
-		get(b, h, createdToken{ID: 23145, Secret: "unused"})
+		get(b, h, createdToken{ID: gatewaytest.ExampleID, Secret: "unused"})
 	})
 	for _, bc := range []struct {
 		name    string
@@ -186,29 +183,4 @@ func BenchmarkRESTGetToken(b *testing.B) {
 			get(b, h, tok)
 		})
 	}
-}
-
-// fixedConn answers every call with one fixed token, sharing it as the
-// in-process channel shares a handler's response: the cheapest service
-// the gateway can sit in front of.
-type fixedConn struct{}
-
-var fixedToken = &tokenv1.Token{
-	Id:         23145,
-	Name:       "CI Deployments",
-	Status:     tokenv1.TokenStatus_TOKEN_STATUS_ACTIVE,
-	LastUsedAt: timestamppb.New(time.Date(2024, 4, 11, 14, 35, 5, 0, time.UTC)),
-	UsageCount: 12,
-	ExpiresAt:  timestamppb.New(time.Date(2024, 12, 31, 6, 0, 0, 0, time.UTC)),
-	CreatedAt:  timestamppb.New(time.Date(2024, 3, 1, 18, 11, 0, 0, time.UTC)),
-	AllowedIps: []string{"10.0.0.0/24", "203.0.113.12"},
-}
-
-func (fixedConn) Invoke(_ context.Context, _ string, _, reply any, _ ...grpc.CallOption) error {
-	reply.(*tokenv1.GetTokenResponse).Token = fixedToken
-	return nil
-}
-
-func (fixedConn) NewStream(context.Context, *grpc.StreamDesc, string, ...grpc.CallOption) (grpc.ClientStream, error) {
-	return nil, status.Error(codes.Unimplemented, "fixedConn has no streams")
 }
