@@ -29,7 +29,8 @@ type Limits struct {
 	// MaxLivePerUser is how many active tokens one user may hold; zero
 	// means no bound.
 	MaxLivePerUser int
-	// MaxRotationGrace caps how long a rotated-out secret keeps working.
+	// MaxRotationGrace is the longest grace period a rotation may ask for
+	// (a longer one is refused); zero allows none.
 	MaxRotationGrace time.Duration
 }
 
@@ -461,7 +462,8 @@ type Rotated struct {
 }
 
 // Rotate gives user's token id a new secret. The old one keeps working for
-// grace (capped by the limits), so clients can roll over. Revoked and
+// reads for grace, so clients can roll over; a grace beyond the limits'
+// MaxRotationGrace is refused. Revoked and
 // expired tokens cannot be rotated.
 func (s *Tokens) Rotate(ctx context.Context, user string, id int64, grace time.Duration, graceField string) (Rotated, error) {
 	uid, err := tokenID(id)
