@@ -527,9 +527,11 @@ func TestCLIUsageErrors(t *testing.T) {
 	cliAssertNotExist(t, db)
 	cliAssertNotExist(t, socketPath(db))
 
-	out, _, err := cli(t, "help")
-	if err != nil || !strings.Contains(out, "tokend token create") {
-		t.Errorf("help: err %v, output %q", err, out)
+	for _, args := range [][]string{{"help"}, {"token", "--help"}, {"token", "help"}, {"token", "-h"}} {
+		out, _, err := cli(t, args...)
+		if err != nil || !strings.Contains(out, "tokend token create") {
+			t.Errorf("%v: err %v, output %q", args, err, out)
+		}
 	}
 	// Each command's -h, which the usage text points to, lists its flags
 	// and succeeds (main exits 0).

@@ -37,6 +37,11 @@ func runToken(ctx context.Context, args []string, getenv func(string) string, st
 		return fmt.Errorf("%w: token needs a subcommand: create, list, show, update, rotate or revoke", errUsage)
 	}
 	sub, args := args[0], args[1:]
+	switch sub {
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usageText)
+		return nil
+	}
 	limits, err := envLimits(getenv)
 	if err != nil {
 		return err
