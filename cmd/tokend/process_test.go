@@ -351,6 +351,10 @@ func TestProcess(t *testing.T) {
 	if _, ok := procLogLine(logs, "tokend stopped"); !ok {
 		t.Errorf("log lacks \"tokend stopped\":\n%s", logs)
 	}
+	// Durations are logged as the flags take them, not in nanoseconds.
+	if l, _ := procLogLine(logs, "tokend shutting down"); l["drain_timeout"] != "10s" {
+		t.Errorf("shutdown line's drain_timeout = %v, want the default \"10s\":\n%s", l["drain_timeout"], logs)
+	}
 	if _, err := os.Lstat(socketPath(db)); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("admin socket still there after shutdown (%v)", err)
 	}

@@ -103,7 +103,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		endpointIsBase = endpoint != ""
 	}
 	fs.StringVar(&cfg.Tracing.Endpoint, "otlp-endpoint", endpoint,
-		"if set, export traces to this OTLP collector URL, such as http://127.0.0.1:4317; tracing is off otherwise (env TOKEND_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT)")
+		"if set, export traces to this OTLP collector URL, such as http://127.0.0.1:4317; tracing is off otherwise (env TOKEND_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or OTEL_EXPORTER_OTLP_ENDPOINT as a base URL)")
 	fs.StringVar(&cfg.Tracing.Protocol, "otlp-protocol", envOr(getenv, "TOKEND_OTLP_PROTOCOL", envOr(getenv, "OTEL_EXPORTER_OTLP_PROTOCOL", telemetry.ProtocolGRPC)),
 		"OTLP transport: grpc or http/protobuf (env TOKEND_OTLP_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL)")
 	sampleRatio := rawFlag(fs, getenv, "trace-sample-ratio", "TOKEND_TRACE_SAMPLE_RATIO", "1",
@@ -260,7 +260,7 @@ func limitFlags(fs *flag.FlagSet, getenv func(string) string) func() (service.Li
 	lifetime := rawFlag(fs, getenv, "max-token-lifetime", "TOKEND_MAX_TOKEN_LIFETIME", def.MaxLifetime.String(),
 		"longest lifetime a token may be created with, 0 for no bound")
 	grace := rawFlag(fs, getenv, "max-rotation-grace", "TOKEND_MAX_ROTATION_GRACE", def.MaxRotationGrace.String(),
-		"longest a rotated-out secret may keep working")
+		"longest grace period a rotation may ask for (longer is refused), 0 for none")
 	live := rawFlag(fs, getenv, "max-tokens-per-user", "TOKEND_MAX_TOKENS_PER_USER", strconv.Itoa(def.MaxLivePerUser),
 		"most active tokens one user may hold, 0 for no bound")
 	return func() (service.Limits, error) {
@@ -490,7 +490,7 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 	}
 	g.Go(func() error {
 		<-gctx.Done()
-		log.Info("tokend shutting down", slog.Duration("drain_timeout", cfg.ShutdownTimeout))
+		log.Info("tokend shutting down", slog.String("drain_timeout", cfg.ShutdownTimeout.String()))
 		public.Health.Shutdown()
 		drain, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 		defer cancel()
