@@ -64,22 +64,18 @@ const DefaultMaxBodyBytes = 64 << 10
 func New(ctx context.Context, opts Options) (http.Handler, error) {
 	rt := newRouter()
 	mux := runtime.NewServeMux(
-		// Of the client's headers only Authorization (which the gateway
-		// always forwards as "authorization") and Idempotency-Key reach the
-		// service as such. grpc-gateway adds x-forwarded-for (the client's
-		// X-Forwarded-For plus the TCP peer; authentication reads the
-		// header's own lines from the edge instead, as grpc-gateway drops
-		// lines that are not valid metadata) and x-forwarded-host itself,
-		// and turns Grpc-Timeout into a deadline (which the server caps);
-		// authentication believes x-forwarded-for only from trusted proxies.
-		// Forwarding nothing else keeps clients from planting metadata,
-		// such as a second credential via Grpc-Metadata-Authorization.
-		runtime.WithIncomingHeaderMatcher(func(key string) (string, bool) {
-			if key == "Idempotency-Key" {
-				return service.IdempotencyKeyMetadata, true
-			}
-			return "", false
-		}),
+		// The service reads the headers it relies on (Authorization,
+		// Idempotency-Key, X-Forwarded-For) from the edge's copy of the
+		// request (request.Values), never from the metadata built here,
+		// which drops whole any value that is not valid gRPC metadata. So
+		// no client header is forwarded as metadata: grpc-gateway still
+		// adds authorization, x-forwarded-for and x-forwarded-host itself,
+		// which nothing reads, and turns Grpc-Timeout into a deadline
+		// (which the server caps). Forwarding nothing else keeps clients
+		// from planting metadata, such as a second credential via
+		// Grpc-Metadata-Authorization, and keeps grpc-gateway from logging
+		// a client's odd header.
+		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		// Service metadata (the gRPC trace header) is not echoed as
 		// Grpc-Metadata-* headers; the edge sets X-Trace-Id itself.
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
@@ -220,7 +216,7 @@ func edge(log *slog.Logger, rt *router, next http.Handler) http.Handler {
 			ri.Peer = ap.Addr().Unmap()
 			ri.Client = ri.Peer
 		}
-		ri.ForwardedFor = r.Header.Values("X-Forwarded-For")
+		ri.Header = r.Header // the service reads headers here (request.Values)
 		ctx := request.NewContext(r.Context(), ri)
 		r = r.WithContext(ctx)
 		sw := &statusWriter{ResponseWriter: w}

@@ -13,6 +13,7 @@ import (
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 	"github.com/tokend/tokend/service/auth"
+	"github.com/tokend/tokend/service/request"
 	"github.com/tokend/tokend/service/token"
 )
 
@@ -115,8 +116,7 @@ func (s *TokenService) CreateToken(ctx context.Context, req *tokenv1.CreateToken
 			return nil, violation("expires_at", "expires_at must be in the future")
 		}
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	switch keys := md.Get(IdempotencyKeyMetadata); len(keys) {
+	switch keys := request.Values(ctx, "Idempotency-Key", IdempotencyKeyMetadata); len(keys) {
 	case 0:
 	case 1:
 		in.IdempotencyKey = keys[0]

@@ -275,6 +275,11 @@ func TestRESTAuthentication(t *testing.T) {
 		{"address not allowed", path, []string{bearer(f.restricted.Secret)}, true},
 		{"token in query string only", path + "?access_token=" + f.active.Secret, nil, false},
 		{"two authorization headers", path, []string{bearer(f.active.Secret), bearer(f.unused.Secret)}, true},
+		// Lines that are not valid gRPC metadata, which grpc-gateway would
+		// drop: they are credentials all the same, never skipped.
+		{"second authorization line with a tab", path, []string{bearer(f.active.Secret), "Authorization: Bearer\tjunk"}, true},
+		{"first authorization line not ASCII", path, []string{"Authorization: Bearer \u00e9", bearer(f.active.Secret)}, true},
+		{"only authorization line not ASCII", path, []string{"Authorization: Bearer \u00e9"}, true},
 		{"credential smuggled as gateway metadata", path, []string{"Grpc-Metadata-Authorization: Bearer " + f.active.Secret}, false},
 		{"spoofed forwarded address without trusted proxy", path, []string{bearer(f.restricted.Secret), "X-Forwarded-For: 10.1.2.3"}, true},
 	} {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
 	"github.com/tokend/tokend/service/request"
@@ -315,15 +314,9 @@ func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) gr
 		} else {
 			peerAddr = PeerAddr(ctx) // a call that did not pass an edge (tests)
 		}
-		var forwardedFor []string
-		if ri != nil {
-			// As the edge received them: for REST, not the x-forwarded-for
-			// metadata grpc-gateway rebuilds (see request.Info).
-			forwardedFor = ri.ForwardedFor
-		} else {
-			forwardedFor = metadata.ValueFromIncomingContext(ctx, "x-forwarded-for")
-		}
-		client := a.ClientAddr(peerAddr, forwardedFor)
+		// As the edge received them: for REST, the HTTP header's lines, not
+		// the metadata grpc-gateway builds (see request.Values).
+		client := a.ClientAddr(peerAddr, request.Values(ctx, "X-Forwarded-For", "x-forwarded-for"))
 		if ri != nil {
 			ri.Client = client
 		}
@@ -336,7 +329,7 @@ func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) gr
 			}
 			return nil, err
 		}
-		p, err := a.Authenticate(metadata.ValueFromIncomingContext(ctx, "authorization"), client)
+		p, err := a.Authenticate(request.Values(ctx, "Authorization", "authorization"), client)
 		if err != nil {
 			if errors.Is(err, ErrInvalidToken) {
 				// A refused token is a guess; no credentials at all is not.

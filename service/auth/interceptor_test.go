@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -29,8 +30,7 @@ func callCtx(addr string, kv ...string) (context.Context, *request.Info) {
 	ap := netip.MustParseAddrPort(addr)
 	ctx = peer.NewContext(ctx, &peer.Peer{Addr: net.TCPAddrFromAddrPort(ap)})
 	// As the gRPC edge (rpc.startCall) starts it.
-	ri := &request.Info{TraceID: "4bf92f3577b34da6a3ce929d0e0e4736", Peer: ap.Addr(),
-		ForwardedFor: metadata.ValueFromIncomingContext(ctx, "x-forwarded-for")}
+	ri := &request.Info{TraceID: "4bf92f3577b34da6a3ce929d0e0e4736", Peer: ap.Addr()}
 	return request.NewContext(ctx, ri), ri
 }
 
@@ -129,7 +129,7 @@ func TestUnaryInterceptorPublicMethod(t *testing.T) {
 		if p, ok := auth.FromContext(h.ctx); ok {
 			t.Errorf("metadata %q: public method handler got principal %+v", kv, p)
 		}
-		if !reflect.DeepEqual(*ri, request.Info{TraceID: ri.TraceID, Peer: ri.Peer, ForwardedFor: ri.ForwardedFor}) {
+		if !reflect.DeepEqual(*ri, request.Info{TraceID: ri.TraceID, Peer: ri.Peer}) {
 			t.Errorf("metadata %q: public method touched request.Info: %+v", kv, ri)
 		}
 	}
@@ -229,24 +229,42 @@ func TestUnaryInterceptorForwardedFor(t *testing.T) {
 	}
 }
 
-// TestUnaryInterceptorForwardedForFromTheEdge: the forwarded addresses
-// are the ones the edge put on the Info, not the x-forwarded-for metadata,
-// which for REST is grpc-gateway's rebuilding of the header: it drops a
-// line that is not valid metadata whole, the address a proxy appended to
-// it included, leaving only the proxy.
-func TestUnaryInterceptorForwardedForFromTheEdge(t *testing.T) {
+// TestUnaryInterceptorReadsTheEdgesHeaders: for a REST request, the
+// credentials and forwarded addresses are the HTTP header's lines as the
+// edge received them (request.Info.Header), not the metadata grpc-gateway
+// builds from them, which drops whole a line that is not valid metadata:
+// a second credential would vanish instead of being refused, and with a
+// proxy's X-Forwarded-For line the client address it appended.
+func TestUnaryInterceptorReadsTheEdgesHeaders(t *testing.T) {
 	e := newEnv(t)
 	_, sec := e.create(t, "alice", allowedIPs(t, "10.1.2.3"))
 	ic := e.a.UnaryInterceptor(isHealth)
-	ctx, ri := callCtx("10.1.2.3:1", "authorization", "Bearer "+sec, "x-forwarded-for", "10.1.2.3")
-	ri.ForwardedFor = []string{"\u00e9, 198.51.100.7"}
-	var h recordingHandler
-	_, err := ic(ctx, nil, &grpc.UnaryServerInfo{FullMethod: testMethod}, h.handle)
-	if want := netip.MustParseAddr("198.51.100.7"); ri.Client != want {
-		t.Errorf("request.Info.Client = %v, want %v, the hop the proxy appended", ri.Client, want)
-	}
-	if !errors.Is(err, auth.ErrInvalidToken) || h.called != 0 {
-		t.Errorf("interceptor = %v, handler called %d; want the token refused outside its allowed IPs", err, h.called)
+	for _, tc := range []struct {
+		name       string
+		header     http.Header
+		wantClient string
+	}{
+		{"a proxy's line the gateway drops", http.Header{
+			"Authorization":   {"Bearer " + sec},
+			"X-Forwarded-For": {"\u00e9, 198.51.100.7"},
+		}, "198.51.100.7"},
+		{"a second credential the gateway drops", http.Header{
+			"Authorization": {"Bearer " + sec, "Bearer\tjunk"},
+		}, "10.1.2.3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The metadata as grpc-gateway builds it: only the valid lines.
+			ctx, ri := callCtx("10.1.2.3:1", "authorization", "Bearer "+sec, "x-forwarded-for", "10.1.2.3")
+			ri.Header = tc.header
+			var h recordingHandler
+			_, err := ic(ctx, nil, &grpc.UnaryServerInfo{FullMethod: testMethod}, h.handle)
+			if want := netip.MustParseAddr(tc.wantClient); ri.Client != want {
+				t.Errorf("request.Info.Client = %v, want %v", ri.Client, want)
+			}
+			if !errors.Is(err, auth.ErrInvalidToken) || h.called != 0 {
+				t.Errorf("interceptor = %v, handler called %d; want the token refused", err, h.called)
+			}
+		})
 	}
 }
 

@@ -9,10 +9,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"net/http"
 	"net/netip"
 	"strings"
 
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/metadata"
 )
 
 // Info is the mutable, request-scoped record. It is owned by one request
@@ -29,13 +31,9 @@ type Info struct {
 	// gRPC connection), set by the edge. Only tokend's own edges create an
 	// Info, so nothing a client sends can set it.
 	Peer netip.Addr
-	// ForwardedFor are the X-Forwarded-For values as the transport received
-	// them (the HTTP header's lines, or the gRPC metadata's values), set by
-	// the edge. Authentication believes them only from a trusted peer.
-	// They are read here, not from metadata the gateway builds, because
-	// grpc-gateway drops any value that is not valid gRPC metadata whole,
-	// and a proxy appends the client's address to the client's own value.
-	ForwardedFor []string
+	// Header is the HTTP request's header as the REST edge received it;
+	// nil for a gRPC call. Read it with Values.
+	Header http.Header
 	// Client is the client address as derived by authentication (the TCP
 	// peer, or a forwarded address from a trusted proxy).
 	Client netip.Addr
@@ -52,6 +50,25 @@ type ctxKey struct{}
 // NewContext returns ctx carrying info.
 func NewContext(ctx context.Context, info *Info) context.Context {
 	return context.WithValue(ctx, ctxKey{}, info)
+}
+
+// Values returns the values of a request header as the client sent it:
+// for a REST request, the lines of the HTTP header named header, as the
+// edge received them; otherwise (a gRPC call), the incoming metadata's
+// values of key, its lowercase name. The caller must not modify them.
+//
+// For REST the service reads the headers it relies on here, never from
+// the metadata grpc-gateway builds from them, because grpc-gateway drops
+// whole any value that is not valid gRPC metadata (a tab, a non-ASCII
+// byte): a second Authorization line would vanish instead of being
+// refused, an invalid Idempotency-Key would vanish instead of being
+// refused (and a retry would create a second token), and a proxy's
+// X-Forwarded-For would vanish with the client's own line it appended to.
+func Values(ctx context.Context, header, key string) []string {
+	if ri := FromContext(ctx); ri != nil && ri.Header != nil {
+		return ri.Header.Values(header)
+	}
+	return metadata.ValueFromIncomingContext(ctx, key)
 }
 
 // FromContext returns the request's Info, or nil outside a request.

@@ -276,8 +276,7 @@ func startCall(ctx context.Context) (context.Context, *request.Info) {
 		tp = v[0]
 	}
 	peerAddr := auth.PeerAddr(ctx)
-	ri := &request.Info{TraceID: request.TraceIDFrom(ctx, tp), Peer: peerAddr, Client: peerAddr,
-		ForwardedFor: metadata.ValueFromIncomingContext(ctx, "x-forwarded-for")}
+	ri := &request.Info{TraceID: request.TraceIDFrom(ctx, tp), Peer: peerAddr, Client: peerAddr}
 	return request.NewContext(ctx, ri), ri
 }
 
