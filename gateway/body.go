@@ -74,7 +74,7 @@ func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler 
 			}
 		}
 		if rt.body == nil {
-			next.ServeHTTP(w, r)
+			next.ServeHTTP(w, withoutContentType(r))
 			return
 		}
 		if r.ContentLength > maxBytes {
@@ -91,16 +91,25 @@ func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler 
 			writeProblem(w, r, http.StatusBadRequest, "The request body could not be read.")
 			return
 		}
-		if len(bytes.TrimSpace(data)) > 0 {
-			if !isJSON(r.Header.Get("Content-Type")) {
-				w.Header().Set("Accept", "application/json")
-				writeProblem(w, r, http.StatusUnsupportedMediaType, "The request body must be JSON, sent with Content-Type: application/json.")
-				return
-			}
-			if detail, fields := vetJSON(data, rt.route); detail != "" {
-				writeProblem(w, r, http.StatusBadRequest, detail, fields...)
-				return
-			}
+		if len(bytes.TrimSpace(data)) == 0 {
+			next.ServeHTTP(w, withoutContentType(withCheckedBody(r, data)))
+			return
+		}
+		if ct := r.Header.Values("Content-Type"); len(ct) != 1 || !isJSON(ct[0]) {
+			w.Header().Set("Accept", "application/json")
+			writeProblem(w, r, http.StatusUnsupportedMediaType, "The request body must be JSON, sent with one Content-Type: application/json.")
+			return
+		}
+		if ce := r.Header.Values("Content-Encoding"); len(ce) > 0 && (len(ce) > 1 || !strings.EqualFold(strings.TrimSpace(ce[0]), "identity")) {
+			// A compressed body would be read as if it were not (RFC 9110
+			// 15.5.16: say which codings are accepted).
+			w.Header().Set("Accept-Encoding", "identity")
+			writeProblem(w, r, http.StatusUnsupportedMediaType, "The request body must not be encoded (no Content-Encoding).")
+			return
+		}
+		if detail, fields := vetJSON(data, rt.route); detail != "" {
+			writeProblem(w, r, http.StatusBadRequest, detail, fields...)
+			return
 		}
 		next.ServeHTTP(w, withCheckedBody(r, data))
 	})
@@ -119,6 +128,21 @@ func withCheckedBody(r *http.Request, data []byte) *http.Request {
 	r.URL = &u
 	r.Body = io.NopCloser(bytes.NewReader(data))
 	r.ContentLength = int64(len(data))
+	return r
+}
+
+// withoutContentType returns r, or if it has a Content-Type, a shallow
+// copy without it: for a request with no body, where the header means
+// nothing, and grpc-gateway, which parses it on every request to choose a
+// decoder, would write one it cannot parse to the process's stderr as is,
+// outside tokend's structured log.
+func withoutContentType(r *http.Request) *http.Request {
+	if _, ok := r.Header["Content-Type"]; !ok {
+		return r
+	}
+	r = r.WithContext(r.Context())
+	r.Header = r.Header.Clone()
+	delete(r.Header, "Content-Type")
 	return r
 }
 

@@ -462,6 +462,7 @@ func TestLifecycleRESTCreate(t *testing.T) {
 			{"no Content-Type", "", `{"name":"x"}`, nil, 415, nil, "application/json"},
 			{"JSON in another charset", jsonType + "; charset=latin1", `{"name":"x"}`, nil, 415, nil, "application/json"},
 			{"form", "application/x-www-form-urlencoded", `name=x`, nil, 415, nil, ""},
+			{"two Content-Types", jsonType, `{"name":"x"}`, []string{"Content-Type: text/plain"}, 415, nil, "one Content-Type"},
 			{"short Idempotency-Key", jsonType, `{"name":"x"}`, []string{"Idempotency-Key: abc"}, 400, []string{"Idempotency-Key"}, "16"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
@@ -488,6 +489,25 @@ func TestLifecycleRESTCreate(t *testing.T) {
 					t.Errorf("refused create changed alice's tokens:\nbefore %s\nafter  %s", before, after)
 				}
 			})
+		}
+	})
+
+	t.Run("an encoded body is 415, not read as plain", func(t *testing.T) {
+		before := snapshot(t, s, alice.Secret)
+		for _, ce := range []string{"br", "gzip", "identity, gzip"} {
+			// The body is plain JSON: read as plain, it would create a token.
+			resp, body := s.send(t, http.MethodPost, "/api/v1/me/tokens", jsonType, []byte(`{"name":"x"}`), bearer(alice.Secret), "Content-Encoding: "+ce)
+			wantProblem(t, resp, body, http.StatusUnsupportedMediaType)
+			if got := resp.Header.Get("Accept-Encoding"); got != "identity" {
+				t.Errorf("Content-Encoding %s: 415 Accept-Encoding = %q, want identity", ce, got)
+			}
+		}
+		if after := snapshot(t, s, alice.Secret); after != before {
+			t.Errorf("refused creates changed alice's tokens")
+		}
+		resp, body := s.send(t, http.MethodPost, "/api/v1/me/tokens", jsonType, []byte(`{"name":"identity"}`), bearer(alice.Secret), "Content-Encoding: identity")
+		if resp.StatusCode != http.StatusCreated {
+			t.Errorf("Content-Encoding: identity: status %d, want 201; %s", resp.StatusCode, body)
 		}
 	})
 
