@@ -241,13 +241,18 @@ func procRun(t *testing.T, bin string, args ...string) (string, string, int) {
 	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
 }
 
-func procGet(t *testing.T, addr, path, secret string) (int, []byte) {
+// procGet sends a GET with secret and any other headers ("Name: value").
+func procGet(t *testing.T, addr, path, secret string, headers ...string) (int, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+secret)
+	for _, h := range headers {
+		k, v, _ := strings.Cut(h, ": ")
+		req.Header.Add(k, v)
+	}
 	c := &http.Client{Timeout: 10 * time.Second}
 	resp, err := c.Do(req)
 	if err != nil {
@@ -390,6 +395,72 @@ func TestProcess(t *testing.T) {
 			t.Errorf("log contains %q:\n%s", leak, logs)
 		}
 	})
+}
+
+// TestProcessLogIsStructured: every line the server writes to stderr is
+// one of its JSON lines, whatever a client sends, including what grpc-go
+// and grpc-gateway log (through grpclog, which would write plain text
+// lines, quoting a client's header raw); and a header that means nothing
+// for the request (a GET's Content-Type) is not handed to grpc-gateway to
+// fail to parse and log.
+func TestProcessLogIsStructured(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the tokend binary")
+	}
+	bin := procBuild(t)
+	db := filepath.Join(t.TempDir(), "tokend.db")
+	// grpc-go logs a bogus connection preface at info level, with the bytes
+	// the client sent.
+	t.Setenv("GRPC_GO_LOG_SEVERITY_LEVEL", "info")
+	srv := procStart(t, bin, db)
+	out, errOut, code := procRun(t, bin, "token", "create", "--db", db, "--user", "alice", "--name", "logs", "--json")
+	if code != 0 {
+		t.Fatalf("token create exited %d: %s", code, errOut)
+	}
+	var tok createdToken
+	if err := json.Unmarshal([]byte(out), &tok); err != nil {
+		t.Fatal(err)
+	}
+
+	const forged = `{"level":"ERROR","msg":"forged"}`
+	status, body := procGet(t, srv.http, tokenPath(tok.ID), tok.Secret,
+		"Content-Type: x/y; a=1; a=2 "+forged, "X-Note: \u00e9\t"+forged)
+	if status != http.StatusOK {
+		t.Fatalf("GET with odd headers: %d %s", status, body)
+	}
+	conn, err := net.Dial("tcp", srv.grpc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = conn.Write([]byte("GET / HTTP/1.1\r\n\r\n" + forged + strings.Repeat("x", 64)))
+	_, _ = io.Copy(io.Discard, conn) // until the server hangs up
+	conn.Close()
+
+	if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := srv.wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM\n%s", code, srv.stderr)
+	}
+	logs := srv.stderr.String()
+	var bogus bool
+	for line := range strings.Lines(logs) {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Errorf("a log line is not JSON (%v): %q", err, line)
+			continue
+		}
+		msg, _ := m["msg"].(string)
+		if m["component"] == "grpc" && strings.Contains(msg, "bogus greeting") {
+			bogus = true
+		}
+		if strings.Contains(msg, "Content-Type") {
+			t.Errorf("grpc-gateway parsed the GET's Content-Type: %q", line)
+		}
+	}
+	if !bogus {
+		t.Errorf("no grpc line about the bogus preface, so grpc's log was not checked:\n%s", logs)
+	}
 }
 
 type procResult struct {

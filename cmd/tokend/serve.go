@@ -306,6 +306,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 // serve runs tokend until ctx is done, then drains in-flight requests
 // (bounded by cfg.ShutdownTimeout) and closes the database.
 func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(listening)) (err error) {
+	grpcLogs.use(log) // grpc-go's and grpc-gateway's lines, in this log
 	st, err := store.Open(cfg.DB, store.Options{LockTimeout: lockTimeout, CacheEntries: cfg.CacheEntries})
 	if err != nil {
 		if errors.Is(err, store.ErrInUse) {
