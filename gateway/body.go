@@ -58,6 +58,10 @@ func (router *router) checkBody(maxBytes int64, next http.Handler) http.Handler 
 			return
 		}
 		rt := res.route
+		if !rt.canonicalID(path) {
+			writeProblem(w, r, http.StatusBadRequest, detailTokenIDInvalid)
+			return
+		}
 		if method != r.Method || r.URL.RawPath != "" && path != r.URL.RawPath {
 			// grpc-gateway routes on the method and RawPath: give it the
 			// method and path the table routed on.

@@ -317,6 +317,7 @@ type compiledRoute struct {
 	route
 	segs    []string // template segments; "" stands for a {variable}
 	literal bool     // no variables
+	idSeg   int      // the index in segs of {token_id}, or -1
 }
 
 func newRouter() *router {
@@ -324,13 +325,16 @@ func newRouter() *router {
 	out := &router{routes: make([]compiledRoute, len(rs))}
 	for i, r := range rs {
 		segs := strings.Split(strings.TrimPrefix(r.template, "/"), "/")
-		literal := true
+		literal, idSeg := true, -1
 		for j, s := range segs {
+			if s == "{token_id}" {
+				idSeg = j
+			}
 			if strings.HasPrefix(s, "{") {
 				segs[j], literal = "", false
 			}
 		}
-		out.routes[i] = compiledRoute{route: r, segs: segs, literal: literal}
+		out.routes[i] = compiledRoute{route: r, segs: segs, literal: literal, idSeg: idSeg}
 	}
 	return out
 }
@@ -353,6 +357,31 @@ func (c *compiledRoute) match(path string) bool {
 			return false
 		}
 		rest = tail
+	}
+	return true
+}
+
+// canonicalID reports whether path, which c matches, gives its token id
+// (if it has one) in canonical form: a decimal without sign or leading
+// zeros. grpc-gateway parses ids with strconv, which also takes "+1" and
+// "001": other URLs of token 1, for caches, proxies' rules and logs.
+// Whether a canonical id is in range is grpc-gateway's to say.
+func (c *compiledRoute) canonicalID(path string) bool {
+	if c.idSeg < 0 {
+		return true
+	}
+	seg := strings.TrimPrefix(path, "/")
+	for range c.idSeg {
+		_, seg, _ = strings.Cut(seg, "/")
+	}
+	seg, _, _ = strings.Cut(seg, "/")
+	if seg == "" || seg[0] < '1' || seg[0] > '9' {
+		return false
+	}
+	for i := 1; i < len(seg); i++ {
+		if seg[i] < '0' || seg[i] > '9' {
+			return false
+		}
 	}
 	return true
 }

@@ -166,7 +166,9 @@ func TestRESTGetToken(t *testing.T) {
 	})
 
 	t.Run("malformed and out-of-range ids are 400 in plain language", func(t *testing.T) {
-		for _, id := range []string{"abc", "1.5", "99999999999999999999", "0", "-1", "0x10"} {
+		// Only the canonical decimal names a token: +1, 01 and 001 would be
+		// other URLs of token 1 (for caches, proxies' rules and logs).
+		for _, id := range []string{"abc", "1.5", "99999999999999999999", "0", "-1", "0x10", "%2B1", "01", "001", "-0", "1%20"} {
 			resp, body := s.get(t, "/api/v1/me/tokens/"+id, bearer(f.active.Secret))
 			p := problemOf(t, resp, body)
 			if resp.StatusCode != 400 || p.Title != "Bad Request" {
