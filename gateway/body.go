@@ -280,12 +280,22 @@ func vetValue(fd protoreflect.FieldDescriptor, raw json.RawMessage) string {
 	return ""
 }
 
+// vetScalar checks one value: a field's, or a list's element. It refuses
+// what protojson would, with a field error where protojson gives only a
+// generic message.
 func vetScalar(fd protoreflect.FieldDescriptor, raw json.RawMessage) string {
+	if string(raw) == "null" {
+		return "must not be null"
+	}
 	switch fd.Kind() {
 	case protoreflect.StringKind:
 		var s string
 		if json.Unmarshal(raw, &s) != nil {
 			return "must be a string"
+		}
+		if !pairedSurrogates(raw) {
+			// encoding/json would read it as U+FFFD; protojson refuses it.
+			return "must be valid Unicode (a \\u escape of half a surrogate pair is not)"
 		}
 	case protoreflect.Int64Kind, protoreflect.Int32Kind:
 		n, ok := integer(raw)
@@ -301,12 +311,64 @@ func vetScalar(fd protoreflect.FieldDescriptor, raw json.RawMessage) string {
 			if json.Unmarshal(raw, &s) != nil {
 				return "must be an RFC 3339 date-time string"
 			}
-			if _, err := time.Parse(time.RFC3339, s); err != nil {
+			t, err := time.Parse(time.RFC3339, s)
+			if err != nil || fractionDigits(s) > 9 {
 				return "must be an RFC 3339 date-time such as 2030-01-02T15:04:05Z"
+			}
+			// google.protobuf.Timestamp's range.
+			if y := t.UTC().Year(); y < 1 || y > 9999 {
+				return "must be between years 0001 and 9999"
 			}
 		}
 	}
 	return ""
+}
+
+// fractionDigits counts the digits after the seconds' decimal point of an
+// RFC 3339 date-time (time.Parse takes any number of them; a Timestamp
+// holds nanoseconds).
+func fractionDigits(s string) int {
+	_, frac, ok := strings.Cut(s, ".")
+	if !ok {
+		return 0
+	}
+	n := 0
+	for n < len(frac) && frac[n] >= '0' && frac[n] <= '9' {
+		n++
+	}
+	return n
+}
+
+// pairedSurrogates reports whether every \u escape of a UTF-16 surrogate
+// in the JSON string raw is half of a pair: a high one followed by a low.
+func pairedSurrogates(raw json.RawMessage) bool {
+	surrogate := func(i int) (rune, bool) { // the \u escape at raw[i:], if any
+		if i+6 > len(raw) || raw[i] != '\\' || raw[i+1] != 'u' {
+			return 0, false
+		}
+		v, err := strconv.ParseUint(string(raw[i+2:i+6]), 16, 16)
+		return rune(v), err == nil
+	}
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		r, ok := surrogate(i)
+		switch {
+		case !ok:
+			i++ // another escape: skip the escaped character
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return false // a low half with no high half before it
+		case r >= 0xD800 && r <= 0xDBFF:
+			if lo, ok := surrogate(i + 6); !ok || lo < 0xDC00 || lo > 0xDFFF {
+				return false
+			}
+			i += 11
+		default:
+			i += 5
+		}
+	}
+	return true
 }
 
 // integer parses a JSON number without fraction or exponent that fits in an

@@ -449,6 +449,12 @@ func TestLifecycleRESTCreate(t *testing.T) {
 			{"expires_in_seconds a string", jsonType, `{"name":"x","expires_in_seconds":"60"}`, nil, 400, []string{"expires_in_seconds"}, "integer"},
 			{"allowed_ips a string", jsonType, `{"name":"x","allowed_ips":"10.0.0.1"}`, nil, 400, []string{"allowed_ips"}, "array"},
 			{"allowed_ips of numbers", jsonType, `{"name":"x","allowed_ips":[10]}`, nil, 400, []string{"allowed_ips"}, ""},
+			// Values protojson refuses with only a generic message.
+			{"allowed_ips holding null", jsonType, `{"name":"x","allowed_ips":[null]}`, nil, 400, []string{"allowed_ips"}, "null"},
+			{"name with half a surrogate pair", jsonType, `{"name":"a\ud800"}`, nil, 400, []string{"name"}, "Unicode"},
+			{"name with a lone low surrogate", jsonType, `{"name":"\udc00a"}`, nil, 400, []string{"name"}, "Unicode"},
+			{"expires_at in year 0", jsonType, `{"name":"x","expires_at":"0000-01-01T00:00:00Z"}`, nil, 400, []string{"expires_at"}, "0001"},
+			{"expires_at past nanoseconds", jsonType, `{"name":"x","expires_at":"2030-01-01T00:00:00.1234567891Z"}`, nil, 400, []string{"expires_at"}, "RFC 3339"},
 			{"several type errors", jsonType, `{"name":5,"nope":true,"allowed_ips":"x"}`, nil, 400, []string{"name", "nope", "allowed_ips"}, ""},
 			{"duplicate key", jsonType, `{"name":"x","name":"y"}`, nil, 400, []string{"name"}, "more than once"},
 			{"not JSON", jsonType, `{"name":`, nil, 400, []string{}, "JSON"},
