@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	adminv1 "github.com/tokend/tokend/gen/tokend/admin/v1"
+	"github.com/tokend/tokend/service/store"
 	"github.com/tokend/tokend/service/token"
 )
 
@@ -62,7 +63,7 @@ func (s *AdminService) RevokeToken(ctx context.Context, req *adminv1.RevokeToken
 	if err := checkUser(req.GetUserId()); err != nil {
 		return nil, err
 	}
-	t, err := s.tokens.Revoke(ctx, req.GetUserId(), req.GetTokenId())
+	t, err := s.tokens.Revoke(ctx, store.Caller{}, req.GetUserId(), req.GetTokenId())
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +115,7 @@ func (s *AdminService) RotateToken(ctx context.Context, req *adminv1.RotateToken
 	if err := checkUser(req.GetUserId()); err != nil {
 		return nil, err
 	}
-	r, err := s.tokens.Rotate(ctx, req.GetUserId(), req.GetTokenId(), seconds(req.GetGracePeriodSeconds()), "grace-period")
+	r, err := s.tokens.Rotate(ctx, store.Caller{}, req.GetUserId(), req.GetTokenId(), seconds(req.GetGracePeriodSeconds()), "grace-period")
 	if err != nil {
 		return nil, err
 	}

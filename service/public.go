@@ -14,6 +14,7 @@ import (
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 	"github.com/tokend/tokend/service/auth"
 	"github.com/tokend/tokend/service/request"
+	"github.com/tokend/tokend/service/store"
 	"github.com/tokend/tokend/service/token"
 )
 
@@ -51,13 +52,19 @@ func caller(ctx context.Context) (auth.Principal, error) {
 }
 
 // changer is caller for a handler that changes tokens: a secret a
-// rotation has replaced may read, not change (auth.ErrPreviousSecret).
-func changer(ctx context.Context) (auth.Principal, error) {
+// rotation has replaced may read, not change (auth.ErrPreviousSecret). It
+// returns the store.Caller the change is asked by, which the store checks
+// again when the change commits: the token and its secret then, which
+// (being allowed to change) is the token's current one.
+func (s *TokenService) changer(ctx context.Context) (auth.Principal, store.Caller, error) {
 	p, err := caller(ctx)
 	if err != nil {
-		return p, err
+		return p, store.Caller{}, err
 	}
-	return p, p.MayChange()
+	if err := p.MayChange(); err != nil {
+		return p, store.Caller{}, err
+	}
+	return p, store.Caller{TokenID: p.TokenID, Hash: p.Token.SecretHash, At: s.now()}, nil
 }
 
 // GetToken returns one of the caller's tokens.
@@ -94,11 +101,12 @@ func (s *TokenService) GetCurrentToken(ctx context.Context, _ *tokenv1.GetCurren
 
 // CreateToken mints a token for the caller.
 func (s *TokenService) CreateToken(ctx context.Context, req *tokenv1.CreateTokenRequest) (*tokenv1.CreateTokenResponse, error) {
-	p, err := changer(ctx)
+	p, as, err := s.changer(ctx)
 	if err != nil {
 		return nil, err
 	}
 	in := CreateInput{
+		As:             as,
 		UserID:         p.UserID,
 		Name:           req.GetName(),
 		ExpiresIn:      seconds(req.GetExpiresInSeconds()),
@@ -170,7 +178,7 @@ func (s *TokenService) ListTokens(ctx context.Context, req *tokenv1.ListTokensRe
 
 // UpdateToken changes the fields of a caller's token named in update_mask.
 func (s *TokenService) UpdateToken(ctx context.Context, req *tokenv1.UpdateTokenRequest) (*tokenv1.UpdateTokenResponse, error) {
-	p, err := changer(ctx)
+	p, as, err := s.changer(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -178,6 +186,7 @@ func (s *TokenService) UpdateToken(ctx context.Context, req *tokenv1.UpdateToken
 	if err != nil {
 		return nil, err
 	}
+	in.As = as
 	t, err := s.tokens.Update(ctx, in)
 	if err != nil {
 		return nil, err
@@ -206,11 +215,11 @@ func updateInput(user string, id int64, u *tokenv1.TokenUpdate, paths []string) 
 
 // RevokeToken revokes one of the caller's tokens.
 func (s *TokenService) RevokeToken(ctx context.Context, req *tokenv1.RevokeTokenRequest) (*tokenv1.RevokeTokenResponse, error) {
-	p, err := changer(ctx)
+	p, as, err := s.changer(ctx)
 	if err != nil {
 		return nil, err
 	}
-	t, err := s.tokens.Revoke(ctx, p.UserID, req.GetTokenId())
+	t, err := s.tokens.Revoke(ctx, as, p.UserID, req.GetTokenId())
 	if err != nil {
 		return nil, err
 	}
@@ -219,11 +228,11 @@ func (s *TokenService) RevokeToken(ctx context.Context, req *tokenv1.RevokeToken
 
 // RotateToken gives one of the caller's tokens a new secret.
 func (s *TokenService) RotateToken(ctx context.Context, req *tokenv1.RotateTokenRequest) (*tokenv1.RotateTokenResponse, error) {
-	p, err := changer(ctx)
+	p, as, err := s.changer(ctx)
 	if err != nil {
 		return nil, err
 	}
-	r, err := s.tokens.Rotate(ctx, p.UserID, req.GetTokenId(), seconds(req.GetGracePeriodSeconds()), "grace_period_seconds")
+	r, err := s.tokens.Rotate(ctx, as, p.UserID, req.GetTokenId(), seconds(req.GetGracePeriodSeconds()), "grace_period_seconds")
 	if err != nil {
 		return nil, err
 	}

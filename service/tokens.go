@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -87,7 +88,7 @@ func (s *Tokens) written(ctx context.Context, write func() (token.Token, error))
 	done := make(chan result, 1)
 	go func() {
 		t, err := s.writeThenFresh(write)
-		done <- result{t, err}
+		done <- result{t, callerError(err)}
 	}()
 	select {
 	case r := <-done:
@@ -95,6 +96,20 @@ func (s *Tokens) written(ctx context.Context, write func() (token.Token, error))
 	case <-ctx.Done():
 		return token.Token{}, ctx.Err()
 	}
+}
+
+// callerError turns the failed re-check of a write's caller (see
+// store.Caller) into the error authentication gives that credential now:
+// a secret a rotation replaced may not change tokens, and a revoked or
+// expired token is no credential.
+func callerError(err error) error {
+	switch {
+	case errors.Is(err, store.ErrCallerRotated):
+		return fmt.Errorf("%w (rotated while this request ran)", auth.ErrPreviousSecret)
+	case errors.Is(err, store.ErrCallerInvalid):
+		return fmt.Errorf("%w: revoked or expired while this request ran", auth.ErrInvalidToken)
+	}
+	return err
 }
 
 func (s *Tokens) writeThenFresh(write func() (token.Token, error)) (token.Token, error) {
@@ -137,6 +152,9 @@ type CreateInput struct {
 	ExpiresInField string
 	// IdempotencyKey, if not empty, makes the create safe to retry.
 	IdempotencyKey string
+	// As is who asks (see store.Caller): the zero Caller for the
+	// administrator.
+	As store.Caller
 }
 
 // Created is the result of Create.
@@ -238,7 +256,7 @@ func (s *Tokens) Create(ctx context.Context, in CreateInput) (Created, error) {
 	}
 	var replay *store.Replay
 	t, err = s.written(ctx, func() (token.Token, error) {
-		created, r, err := s.store.Create(t, opts)
+		created, r, err := s.store.As(in.As).Create(t, opts)
 		replay = r
 		return created, err
 	})
@@ -408,6 +426,8 @@ type UpdateInput struct {
 	Name    *string
 	// AllowedIPs replaces the restriction; an empty list removes it.
 	AllowedIPs *[]string
+	// As is who asks (see store.Caller).
+	As store.Caller
 }
 
 // Update changes a token's name and/or allowed IPs.
@@ -432,7 +452,7 @@ func (s *Tokens) Update(ctx context.Context, in UpdateInput) (token.Token, error
 		return token.Token{}, err
 	}
 	return s.written(ctx, func() (token.Token, error) {
-		return s.store.Mutate(in.UserID, id, func(t *token.Token) error {
+		return s.store.As(in.As).Mutate(in.UserID, id, func(t *token.Token) error {
 			if in.Name != nil {
 				t.Name = *in.Name
 			}
@@ -444,13 +464,14 @@ func (s *Tokens) Update(ctx context.Context, in UpdateInput) (token.Token, error
 	})
 }
 
-// Revoke revokes user's token id; revoking twice is not an error.
-func (s *Tokens) Revoke(ctx context.Context, user string, id int64) (token.Token, error) {
+// Revoke revokes user's token id, asked by as (see store.Caller);
+// revoking twice is not an error.
+func (s *Tokens) Revoke(ctx context.Context, as store.Caller, user string, id int64) (token.Token, error) {
 	uid, err := tokenID(id)
 	if err != nil {
 		return token.Token{}, err
 	}
-	return s.written(ctx, func() (token.Token, error) { return s.store.Revoke(user, uid, s.now()) })
+	return s.written(ctx, func() (token.Token, error) { return s.store.As(as).Revoke(user, uid, s.now()) })
 }
 
 // Rotated is the result of Rotate.
@@ -461,11 +482,11 @@ type Rotated struct {
 	PreviousUntil time.Time
 }
 
-// Rotate gives user's token id a new secret. The old one keeps working for
-// reads for grace, so clients can roll over; a grace beyond the limits'
-// MaxRotationGrace is refused. Revoked and
-// expired tokens cannot be rotated.
-func (s *Tokens) Rotate(ctx context.Context, user string, id int64, grace time.Duration, graceField string) (Rotated, error) {
+// Rotate gives user's token id a new secret, asked by as (see
+// store.Caller). The old one keeps working for reads for grace, so clients
+// can roll over; a grace beyond the limits' MaxRotationGrace is refused.
+// Revoked and expired tokens cannot be rotated.
+func (s *Tokens) Rotate(ctx context.Context, as store.Caller, user string, id int64, grace time.Duration, graceField string) (Rotated, error) {
 	uid, err := tokenID(id)
 	if err != nil {
 		return Rotated{}, err
@@ -489,7 +510,7 @@ func (s *Tokens) Rotate(ctx context.Context, user string, id int64, grace time.D
 		until = ceilSecond(now.Add(grace))
 	}
 	rotate := rotateFunc(now, until, grace, sec)
-	t, err := s.written(ctx, func() (token.Token, error) { return s.store.Mutate(user, uid, rotate) })
+	t, err := s.written(ctx, func() (token.Token, error) { return s.store.As(as).Mutate(user, uid, rotate) })
 	if err != nil {
 		return Rotated{}, err
 	}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 	"github.com/tokend/tokend/service/auth"
 	"github.com/tokend/tokend/service/secret"
@@ -59,7 +61,7 @@ func TestWritesRunOnceWhileUsageFlushes(t *testing.T) {
 	}()
 	sec := c.Secret
 	for i := range 100 {
-		r, err := tokens.Rotate(context.Background(), "alice", int64(c.Token.ID), time.Hour, "grace")
+		r, err := tokens.Rotate(context.Background(), store.Caller{}, "alice", int64(c.Token.ID), time.Hour, "grace")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -110,7 +112,7 @@ func TestWriteEndsAtTheCallDeadline(t *testing.T) {
 	<-held
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if _, err := tokens.Revoke(ctx, "alice", int64(c.Token.ID)); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := tokens.Revoke(ctx, store.Caller{}, "alice", int64(c.Token.ID)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Revoke while the writer lock is held = %v, want DeadlineExceeded", err)
 	}
 	close(release)
@@ -151,7 +153,7 @@ func TestListByStatusAfterPrune(t *testing.T) {
 	short := create("short", time.Hour)
 	kept := create("kept", 0)
 	gone := create("gone", 0)
-	if _, err := tokens.Revoke(ctx, "alice", int64(gone)); err != nil {
+	if _, err := tokens.Revoke(ctx, store.Caller{}, "alice", int64(gone)); err != nil {
 		t.Fatal(err)
 	}
 	now = now.Add(2 * time.Hour)
@@ -217,4 +219,88 @@ func TestListStatusFilterAndShownStatusAgree(t *testing.T) {
 			t.Errorf("status=active listed token %d as %v", tk.GetId(), tk.GetStatus())
 		}
 	}
+}
+
+// TestChangesRecheckTheCaller: a change is checked against the caller's
+// credential as it stands when the change commits, not as authentication
+// saw it. A request authenticated just before a concurrent rotation (or
+// revoke) of its own token reaches the handler with a principal that is
+// already stale; its change is refused as that credential would be now,
+// and writes nothing.
+func TestChangesRecheckTheCaller(t *testing.T) {
+	st := openStore(t)
+	tokens := NewTokens(st, nil, DefaultLimits(), time.Now)
+	svc := NewTokenService(tokens, time.Now)
+	ctxOf := func(c Created) context.Context { // as authentication left it
+		return auth.NewContext(context.Background(), auth.Principal{UserID: "alice", TokenID: c.Token.ID, Token: c.Token})
+	}
+	mint := func(name string) Created {
+		t.Helper()
+		c, err := tokens.Create(context.Background(), CreateInput{UserID: "alice", Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	count := func() int {
+		t.Helper()
+		ts, err := st.List("alice")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ts)
+	}
+
+	t.Run("rotated meanwhile", func(t *testing.T) {
+		c := mint("rotated")
+		ctx := ctxOf(c)
+		// A concurrent rotation commits first.
+		if _, err := tokens.Rotate(context.Background(), store.Caller{}, "alice", int64(c.Token.ID), time.Hour, "grace"); err != nil {
+			t.Fatal(err)
+		}
+		after, err := st.GetForUser("alice", c.Token.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := svc.RotateToken(ctx, &tokenv1.RotateTokenRequest{TokenId: int64(c.Token.ID)}); !errors.Is(err, auth.ErrPreviousSecret) {
+			t.Errorf("second rotation with the replaced secret = %v, want ErrPreviousSecret", err)
+		}
+		now, err := st.GetForUser("alice", c.Token.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now.SecretHash != after.SecretHash {
+			t.Error("the refused rotation replaced the secret")
+		}
+	})
+
+	t.Run("revoked meanwhile", func(t *testing.T) {
+		c := mint("revoked")
+		ctx := ctxOf(c)
+		if _, err := tokens.Revoke(context.Background(), store.Caller{}, "alice", int64(c.Token.ID)); err != nil {
+			t.Fatal(err)
+		}
+		n := count()
+		if _, err := svc.CreateToken(ctx, &tokenv1.CreateTokenRequest{Name: "minted by a revoked token"}); !errors.Is(err, auth.ErrInvalidToken) {
+			t.Errorf("create by a token revoked meanwhile = %v, want ErrInvalidToken", err)
+		}
+		other := mint("other")
+		if _, err := svc.RevokeToken(ctx, &tokenv1.RevokeTokenRequest{TokenId: int64(other.Token.ID)}); !errors.Is(err, auth.ErrInvalidToken) {
+			t.Errorf("revoke by a token revoked meanwhile = %v, want ErrInvalidToken", err)
+		}
+		if count() != n+1 {
+			t.Error("a token revoked meanwhile minted a token")
+		}
+		if tk, _ := st.GetForUser("alice", other.Token.ID); !tk.RevokedAt.IsZero() {
+			t.Error("a token revoked meanwhile revoked another")
+		}
+	})
+
+	t.Run("still current", func(t *testing.T) {
+		c := mint("current")
+		if _, err := svc.UpdateToken(ctxOf(c), &tokenv1.UpdateTokenRequest{TokenId: int64(c.Token.ID),
+			Token: &tokenv1.TokenUpdate{Name: "renamed"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"name"}}}); err != nil {
+			t.Errorf("update with the current secret = %v", err)
+		}
+	})
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -1222,6 +1223,41 @@ func TestLifecycleRESTRotate(t *testing.T) {
 		}
 		return id, tok["secret"].(string), dataOf(t, body, rotateKeys)
 	}
+
+	t.Run("rotations racing with one secret: one wins", func(t *testing.T) {
+		// Each request authenticates before any commits; the store checks
+		// the caller's secret again as each commits, so the losers are
+		// refused as a replaced secret, and whoever raced the owner with a
+		// leaked secret cannot end up holding the token.
+		for round := range 5 {
+			tok := restCreate(t, s, alice.Secret, fmt.Sprintf(`{"name":"race %d"}`, round))
+			id, sec := idOf(t, tok), tok["secret"].(string)
+			codes := make([]int, 8)
+			var wg sync.WaitGroup
+			for i := range codes {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					resp, _ := rotate(t, sec, id, jsonType, []byte(`{"grace_period_seconds":300}`))
+					codes[i] = resp.StatusCode
+				}()
+			}
+			wg.Wait()
+			ok := 0
+			for _, c := range codes {
+				switch c {
+				case http.StatusOK:
+					ok++
+				case http.StatusForbidden:
+				default:
+					t.Errorf("round %d: a racing rotation got %d", round, c)
+				}
+			}
+			if ok != 1 {
+				t.Errorf("round %d: %d of %d rotations with one secret succeeded (%v), want 1", round, ok, len(codes), codes)
+			}
+		}
+	})
 
 	t.Run("no grace: the old secret stops at once", func(t *testing.T) {
 		tok := restCreate(t, s, alice.Secret, `{"name":"rot","allowed_ips":["127.0.0.1"],"expires_in_seconds":3600}`)

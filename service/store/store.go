@@ -488,6 +488,81 @@ type Replay struct {
 	Sealed []byte
 }
 
+// Caller is the credential a write is asked with: the token that
+// authenticated the request and the hash of the secret it presented,
+// which must be the token's current one (a previous secret only reads).
+// A write on behalf of a Caller (Store.As) checks it again in its own
+// transaction, so that a credential that lost the right to change tokens
+// after the request was authenticated (its token revoked or expired, or
+// rotated by a concurrent request) changes nothing: two rotations asked
+// with one secret cannot both succeed, and a revoked token's writes still
+// in flight when the revoke commits do not commit after it. The zero
+// Caller is the administrator on the local socket, who is not a token and
+// is not checked.
+type Caller struct {
+	TokenID uint64
+	Hash    secret.Hash
+	// At is the time of the request, for the expiry check.
+	At time.Time
+}
+
+// Errors of a Caller's check.
+var (
+	// ErrCallerRotated means the caller's secret is no longer its token's
+	// current one: a rotation committed after the request was
+	// authenticated.
+	ErrCallerRotated = errors.New("the caller's secret was rotated out")
+	// ErrCallerInvalid means the caller's token was revoked, has expired or
+	// is gone.
+	ErrCallerInvalid = errors.New("the caller's token is no longer active")
+)
+
+// check returns an error of the Caller's check if c may not write at c.At.
+func (c Caller) check(tx *bolt.Tx) error {
+	if c.TokenID == 0 {
+		return nil
+	}
+	t, err := get(tx, c.TokenID)
+	switch {
+	case errors.Is(err, token.ErrNotFound):
+		return ErrCallerInvalid
+	case err != nil:
+		return err
+	case t.Status(c.At) != token.StatusActive:
+		return ErrCallerInvalid
+	case subtle.ConstantTimeCompare(c.Hash[:], t.SecretHash[:]) != 1:
+		return ErrCallerRotated
+	}
+	return nil
+}
+
+// Writer is the store's writes on behalf of one Caller; Store.As makes
+// one. The Store's own write methods are its writes as the zero Caller.
+type Writer struct {
+	s  *Store
+	as Caller
+}
+
+// As returns the store's writes on behalf of c: each checks c in its own
+// transaction first, and fails with ErrCallerRotated or ErrCallerInvalid,
+// writing nothing, if c may no longer change tokens.
+func (s *Store) As(c Caller) Writer { return Writer{s: s, as: c} }
+
+// Create is Store.Create, checking w's Caller.
+func (w Writer) Create(t token.Token, opts CreateOptions) (token.Token, *Replay, error) {
+	return w.s.create(w.as, t, opts)
+}
+
+// Mutate is Store.Mutate, checking w's Caller.
+func (w Writer) Mutate(user string, id uint64, fn func(*token.Token) error) (token.Token, error) {
+	return w.s.mutate(w.as, user, id, fn)
+}
+
+// Revoke is Store.Revoke, checking w's Caller.
+func (w Writer) Revoke(user string, id uint64, at time.Time) (token.Token, error) {
+	return w.s.mutate(w.as, user, id, revokeAt(at))
+}
+
 // Create stores a new token, assigning its ID, unless the options refuse
 // it. For a retry of an idempotent create within its window it writes
 // nothing and returns the token created the first time with a non-nil
@@ -495,6 +570,10 @@ type Replay struct {
 // t must be valid; its hash must be unique (a collision of 190-bit secrets
 // means a broken RNG).
 func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay, error) {
+	return s.create(Caller{}, t, opts)
+}
+
+func (s *Store) create(as Caller, t token.Token, opts CreateOptions) (token.Token, *Replay, error) {
 	var replay *Replay
 	if idem := opts.Idempotency; idem != nil {
 		// A retry is answered from a read transaction: it writes nothing,
@@ -503,6 +582,9 @@ func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay,
 		// racing its original.
 		var orig token.Token
 		err := s.view(func(tx *bolt.Tx) (err error) {
+			if err := as.check(tx); err != nil {
+				return err
+			}
 			orig, replay, err = replayOf(tx, idem, t.UserID, opts.Now)
 			return err
 		})
@@ -515,6 +597,9 @@ func (s *Store) Create(t token.Token, opts CreateOptions) (token.Token, *Replay,
 	}
 	var refused error
 	err := s.update(func(tx *bolt.Tx) error {
+		if err := as.check(tx); err != nil {
+			return err
+		}
 		if idem := opts.Idempotency; idem != nil {
 			orig, rep, err := replayOf(tx, idem, t.UserID, opts.Now)
 			if err != nil {
@@ -899,12 +984,17 @@ func matches(t *token.Token, h secret.Hash, at time.Time) bool {
 // Revoke revokes user's token id at time at. Revoking a revoked token keeps
 // its first revocation time and is not an error.
 func (s *Store) Revoke(user string, id uint64, at time.Time) (token.Token, error) {
-	return s.Mutate(user, id, func(t *token.Token) error {
+	return s.mutate(Caller{}, user, id, revokeAt(at))
+}
+
+// revokeAt is Revoke's change to a token.
+func revokeAt(at time.Time) func(*token.Token) error {
+	return func(t *token.Token) error {
 		if t.RevokedAt.IsZero() {
 			t.RevokedAt = token.Clock(at)
 		}
 		return nil
-	})
+	}
 }
 
 // Mutate applies fn to user's token id in one transaction and stores the
@@ -913,8 +1003,15 @@ func (s *Store) Revoke(user string, id uint64, at time.Time) (token.Token, error
 // error nothing is written. It returns token.ErrUserNotFound for an
 // unknown user and token.ErrNotFound for a token user does not own.
 func (s *Store) Mutate(user string, id uint64, fn func(*token.Token) error) (token.Token, error) {
+	return s.mutate(Caller{}, user, id, fn)
+}
+
+func (s *Store) mutate(as Caller, user string, id uint64, fn func(*token.Token) error) (token.Token, error) {
 	var t, before token.Token
 	err := s.updateThen(func(tx *bolt.Tx) error {
+		if err := as.check(tx); err != nil {
+			return err
+		}
 		if tx.Bucket(bucketUsers).Bucket([]byte(user)) == nil {
 			return token.ErrUserNotFound
 		}
