@@ -194,11 +194,14 @@ func (s *TokenService) UpdateToken(ctx context.Context, req *tokenv1.UpdateToken
 	return &tokenv1.UpdateTokenResponse{Token: ToProto(&t, s.now())}, nil
 }
 
-// updateInput applies an update mask, refusing paths that are not
-// updatable.
+// updateInput applies an update mask, refusing every path that is not
+// updatable. Each is reported at its place in the request
+// (update_mask.paths[i]), so the field names no client text; the detail
+// quotes the path, escaped.
 func updateInput(user string, id int64, u *tokenv1.TokenUpdate, paths []string) (UpdateInput, error) {
 	in := UpdateInput{UserID: user, TokenID: id}
-	for _, path := range paths {
+	var v token.Violations
+	for i, path := range paths {
 		switch path {
 		case "name":
 			name := u.GetName()
@@ -207,8 +210,12 @@ func updateInput(user string, id int64, u *tokenv1.TokenUpdate, paths []string) 
 			ips := u.GetAllowedIps()
 			in.AllowedIPs = &ips
 		default:
-			return UpdateInput{}, violation(path, fmt.Sprintf("%q cannot be updated; only name and allowed_ips can", path))
+			v.Add(fmt.Sprintf("update_mask.paths[%d]", i),
+				fmt.Errorf("%w: %q cannot be updated; only name and allowed_ips can", token.ErrInvalid, path))
 		}
+	}
+	if err := v.Err(); err != nil {
+		return UpdateInput{}, err
 	}
 	return in, nil
 }

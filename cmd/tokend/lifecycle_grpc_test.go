@@ -322,7 +322,8 @@ func TestLifecycleGRPCListUpdateRevoke(t *testing.T) {
 		}{
 			{"no mask", alice.Secret, &tokenv1.UpdateTokenRequest{TokenId: target, Token: &tokenv1.TokenUpdate{Name: "x"}}, codes.InvalidArgument, []string{"update_mask"}},
 			{"empty mask", alice.Secret, &tokenv1.UpdateTokenRequest{TokenId: target, Token: &tokenv1.TokenUpdate{Name: "x"}, UpdateMask: &fieldmaskpb.FieldMask{}}, codes.InvalidArgument, []string{"update_mask"}},
-			{"unknown path", alice.Secret, &tokenv1.UpdateTokenRequest{TokenId: target, Token: &tokenv1.TokenUpdate{Name: "x"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"name", "status"}}}, codes.InvalidArgument, []string{"status"}},
+			{"unknown path", alice.Secret, &tokenv1.UpdateTokenRequest{TokenId: target, Token: &tokenv1.TokenUpdate{Name: "x"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"name", "status"}}}, codes.InvalidArgument, []string{"update_mask.paths[1]"}},
+			{"every unknown path, and none raw", alice.Secret, &tokenv1.UpdateTokenRequest{TokenId: target, Token: &tokenv1.TokenUpdate{Name: "x"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"foo", "name", "a\x00b\nc\u202e"}}}, codes.InvalidArgument, []string{"update_mask.paths[0]", "update_mask.paths[2]"}},
 			{"empty name", alice.Secret, &tokenv1.UpdateTokenRequest{TokenId: target, Token: &tokenv1.TokenUpdate{}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"name"}}}, codes.InvalidArgument, []string{"name"}},
 			{"bad name and IP", alice.Secret, &tokenv1.UpdateTokenRequest{TokenId: target, Token: &tokenv1.TokenUpdate{Name: "\t", AllowedIps: []string{"x"}}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"name", "allowed_ips"}}}, codes.InvalidArgument, []string{"name", "allowed_ips"}},
 			{"zero id", alice.Secret, &tokenv1.UpdateTokenRequest{Token: &tokenv1.TokenUpdate{Name: "x"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"name"}}}, codes.InvalidArgument, nil},
