@@ -62,6 +62,16 @@ var (
 	ErrNoDatabase = errors.New("no database")
 )
 
+// openError says that opening path failed with err, naming path once: a
+// file system error on path itself names it already.
+func openError(path string, err error) error {
+	var pathErr *fs.PathError
+	if errors.As(err, &pathErr) && pathErr.Path == path {
+		return err
+	}
+	return fmt.Errorf("open %s: %w", path, err)
+}
+
 // ErrUnavailable means a transaction could not be begun or committed: for
 // a write, the disk is full, the file may not grow, or the file system went
 // read-only or failed, and reads still work; for any call, the database is
@@ -144,7 +154,7 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 	}
 	if err := precheck(path); err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, openError(path, err)
 	}
 	db, err := openBolt(path, timeout)
 	var pathErr *fs.PathError
@@ -152,7 +162,7 @@ func Open(path string, opts Options) (*Store, error) {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("open %s: %w", path, ErrInUse)
 	case errors.As(err, &pathErr):
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, openError(path, err)
 	case err != nil:
 		// Everything else bbolt reports on open (bad magic, checksum or
 		// version, "file size too small", a panic on a broken freelist)

@@ -1222,3 +1222,17 @@ func TestCreateReplayNeverCrossesUsers(t *testing.T) {
 	}
 	assertSameTokens(t, "bob's tokens", listAll(t, s, "bob"), before)
 }
+
+// TestOpenErrorNamesThePathOnce: a file system error opening the database
+// says which file, once (it said "open X: open X: not a directory").
+func TestOpenErrorNamesThePathOnce(t *testing.T) {
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(notDir, "tokend.db")
+	_, err := Open(path, Options{})
+	if err == nil || strings.Count(err.Error(), path) != 1 {
+		t.Errorf("Open = %v, want an error naming %s once", err, path)
+	}
+}
