@@ -127,6 +127,14 @@ func (s *TokenService) CreateToken(ctx context.Context, req *tokenv1.CreateToken
 	switch keys := request.Values(ctx, "Idempotency-Key", IdempotencyKeyMetadata); len(keys) {
 	case 0:
 	case 1:
+		if keys[0] == "" {
+			// Sent, but empty (an unset variable in a script): refused like
+			// any malformed key, not taken for no key, or every retry
+			// would create another token.
+			var v token.Violations
+			v.Add("Idempotency-Key", errIdempotencyKey())
+			return nil, v.Err()
+		}
 		in.IdempotencyKey = keys[0]
 	default:
 		return nil, violation("Idempotency-Key", "give at most one Idempotency-Key")

@@ -201,10 +201,16 @@ func ValidateCreate(in CreateInput, limits Limits, now time.Time) (token.Token, 
 		}
 	}
 	if k := in.IdempotencyKey; k != "" && !validIdempotencyKey(k) {
-		v.Add("Idempotency-Key", fmt.Errorf("%w: Idempotency-Key must be %d to %d printable ASCII characters, such as a UUID",
-			token.ErrInvalid, minIdempotencyKeyLen, maxIdempotencyKeyLen))
+		v.Add("Idempotency-Key", errIdempotencyKey())
 	}
 	return t, v.Err()
+}
+
+// errIdempotencyKey is the violation of an Idempotency-Key that is not
+// one: empty, too short or long, or not printable ASCII.
+func errIdempotencyKey() error {
+	return fmt.Errorf("%w: Idempotency-Key must be %d to %d printable ASCII characters, such as a UUID",
+		token.ErrInvalid, minIdempotencyKeyLen, maxIdempotencyKeyLen)
 }
 
 func validIdempotencyKey(k string) bool {

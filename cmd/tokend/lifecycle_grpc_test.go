@@ -161,6 +161,8 @@ func TestLifecycleGRPCCreate(t *testing.T) {
 		wantCode(t, err, codes.FailedPrecondition)
 		_, err = c.CreateToken(as(ctx, alice.Secret, "idempotency-key", "short"), req)
 		wantCode(t, err, codes.InvalidArgument, "Idempotency-Key")
+		_, err = c.CreateToken(as(ctx, alice.Secret, "idempotency-key", ""), req) // sent, but empty
+		wantCode(t, err, codes.InvalidArgument, "Idempotency-Key")
 		_, err = c.CreateToken(as(ctx, alice.Secret, "idempotency-key", key, "idempotency-key", key+"x"), req)
 		wantCode(t, err, codes.InvalidArgument, "Idempotency-Key")
 		if after, _ := grpcListAll(t, ctx, c, alice.Secret, &tokenv1.ListTokensRequest{Limit: 100}); !slices.Equal(after, before) {

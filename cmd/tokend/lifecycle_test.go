@@ -759,7 +759,7 @@ func TestLifecycleRESTIdempotency(t *testing.T) {
 		// Keys that are not valid gRPC metadata (a tab, a non-ASCII
 		// letter), which grpc-gateway would drop, are refused, not
 		// ignored: ignored, a retry would create a second token.
-		for _, k := range []string{"abc", strings.Repeat("k", 15), strings.Repeat("k", 256),
+		for _, k := range []string{"", "abc", strings.Repeat("k", 15), strings.Repeat("k", 256),
 			"5f2b9c1e-8a4d-4c7e-\t9b3a-2d6f0e1a7c48", "5f2b9c1e-8a4d-4c7e-\u00e9-2d6f0e1a7c48"} {
 			resp, rb := post(alice.Secret, `{"name":"bad key"}`, "Idempotency-Key: "+k)
 			wantProblem(t, resp, rb, http.StatusBadRequest, "Idempotency-Key")
