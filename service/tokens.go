@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/service/auth"
+	"github.com/tokend/tokend/service/request"
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/store"
 	"github.com/tokend/tokend/service/token"
@@ -92,6 +93,9 @@ func (s *Tokens) written(ctx context.Context, write func() (token.Token, error))
 	}()
 	select {
 	case r := <-done:
+		if ri := request.FromContext(ctx); ri != nil && errors.Is(r.err, auth.ErrInvalidToken) {
+			ri.Failure = r.err.Error() // for the log line, as authentication does
+		}
 		return r.t, r.err
 	case <-ctx.Done():
 		return token.Token{}, ctx.Err()

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 	"github.com/tokend/tokend/service/auth"
+	"github.com/tokend/tokend/service/request"
 	"github.com/tokend/tokend/service/secret"
 	"github.com/tokend/tokend/service/store"
 	"github.com/tokend/tokend/service/token"
@@ -274,15 +276,31 @@ func TestChangesRecheckTheCaller(t *testing.T) {
 		}
 	})
 
+	t.Run("rotated meanwhile with no grace", func(t *testing.T) {
+		c := mint("rotated at once")
+		ctx := ctxOf(c)
+		if _, err := tokens.Rotate(context.Background(), store.Caller{}, "alice", int64(c.Token.ID), 0, "grace"); err != nil {
+			t.Fatal(err)
+		}
+		// The secret no longer authenticates at all: 401, not 403.
+		if _, err := svc.RotateToken(ctx, &tokenv1.RotateTokenRequest{TokenId: int64(c.Token.ID)}); !errors.Is(err, auth.ErrInvalidToken) {
+			t.Errorf("rotation with a secret rotated out at once = %v, want ErrInvalidToken", err)
+		}
+	})
+
 	t.Run("revoked meanwhile", func(t *testing.T) {
 		c := mint("revoked")
-		ctx := ctxOf(c)
+		ri := &request.Info{}
+		ctx := request.NewContext(ctxOf(c), ri)
 		if _, err := tokens.Revoke(context.Background(), store.Caller{}, "alice", int64(c.Token.ID)); err != nil {
 			t.Fatal(err)
 		}
 		n := count()
 		if _, err := svc.CreateToken(ctx, &tokenv1.CreateTokenRequest{Name: "minted by a revoked token"}); !errors.Is(err, auth.ErrInvalidToken) {
 			t.Errorf("create by a token revoked meanwhile = %v, want ErrInvalidToken", err)
+		}
+		if !strings.Contains(ri.Failure, "revoked") {
+			t.Errorf("request.Info.Failure = %q, want it to say why, for the log line", ri.Failure)
 		}
 		other := mint("other")
 		if _, err := svc.RevokeToken(ctx, &tokenv1.RevokeTokenRequest{TokenId: int64(other.Token.ID)}); !errors.Is(err, auth.ErrInvalidToken) {

@@ -518,13 +518,14 @@ type Caller struct {
 
 // Errors of a Caller's check.
 var (
-	// ErrCallerRotated means the caller's secret is no longer its token's
-	// current one: a rotation committed after the request was
-	// authenticated.
+	// ErrCallerRotated means the caller's secret is now its token's
+	// previous one, in a grace period: a rotation committed after the
+	// request was authenticated.
 	ErrCallerRotated = errors.New("the caller's secret was rotated out")
-	// ErrCallerInvalid means the caller's token was revoked, has expired or
-	// is gone.
-	ErrCallerInvalid = errors.New("the caller's token is no longer active")
+	// ErrCallerInvalid means the caller's credential no longer
+	// authenticates: its token was revoked, had expired at the request's
+	// time or is gone, or its secret was rotated out with no grace period.
+	ErrCallerInvalid = errors.New("the caller's credential no longer authenticates")
 )
 
 // check returns an error of the Caller's check if c may not write at c.At.
@@ -540,10 +541,12 @@ func (c Caller) check(tx *bolt.Tx) error {
 		return err
 	case t.Status(c.At) != token.StatusActive:
 		return ErrCallerInvalid
-	case subtle.ConstantTimeCompare(c.Hash[:], t.SecretHash[:]) != 1:
-		return ErrCallerRotated
+	case subtle.ConstantTimeCompare(c.Hash[:], t.SecretHash[:]) == 1:
+		return nil
+	case matches(&t, c.Hash, c.At):
+		return ErrCallerRotated // the previous secret, in its grace period
 	}
-	return nil
+	return ErrCallerInvalid // rotated out with no grace, or rotated twice
 }
 
 // Writer is the store's writes on behalf of one Caller; Store.As makes
