@@ -810,9 +810,10 @@ type RotateTokenRequest struct {
 	// token_id is the id of one of the caller's tokens.
 	TokenId int64 `protobuf:"varint,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
 	// grace_period_seconds keeps the old secret working this many seconds
-	// more, so clients can roll without downtime; zero ends it at once. It is
-	// capped by the server's configuration. Meanwhile the old secret only
-	// reads: changes asked for with it are PermissionDenied.
+	// more, so clients can roll without downtime; zero ends it at once. More
+	// than the server's configuration allows is InvalidArgument. Meanwhile
+	// the old secret only reads: changes asked for with it are
+	// PermissionDenied.
 	GracePeriodSeconds int64 `protobuf:"varint,2,opt,name=grace_period_seconds,json=gracePeriodSeconds,proto3" json:"grace_period_seconds,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
