@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -141,8 +142,8 @@ func withCheckedBody(r *http.Request, data []byte) *http.Request {
 // decoder, would write one it cannot parse to the process's stderr as is,
 // outside tokend's structured log.
 func withoutContentType(r *http.Request) *http.Request {
-	if _, ok := r.Header["Content-Type"]; !ok {
-		return r
+	if ct, ok := r.Header["Content-Type"]; !ok || len(ct) == 1 && ct[0] == "application/json" {
+		return r // nothing to drop, or what many clients send on every request, harmless
 	}
 	r = r.WithContext(r.Context())
 	r.Header = r.Header.Clone()
@@ -293,9 +294,10 @@ func vetScalar(fd protoreflect.FieldDescriptor, raw json.RawMessage) string {
 		if json.Unmarshal(raw, &s) != nil {
 			return "must be a string"
 		}
-		if !pairedSurrogates(raw) {
-			// encoding/json would read it as U+FFFD; protojson refuses it.
-			return "must be valid Unicode (a \\u escape of half a surrogate pair is not)"
+		if !utf8.Valid(raw) || !pairedSurrogates(raw) {
+			// encoding/json would read either as U+FFFD; protojson refuses
+			// both.
+			return "must be valid Unicode (UTF-8, with no \\u escape of half a surrogate pair)"
 		}
 	case protoreflect.Int64Kind, protoreflect.Int32Kind:
 		n, ok := integer(raw)

@@ -48,8 +48,8 @@ func newGRPCLog(getenv func(string) string, log *slog.Logger) *grpcLog {
 	return g
 }
 
-// use sends later lines to log.
-func (g *grpcLog) use(log *slog.Logger) { g.to.Store(log) }
+// use sends later lines to log, and returns the logger they went to.
+func (g *grpcLog) use(log *slog.Logger) *slog.Logger { return g.to.Swap(log) }
 
 func (g *grpcLog) emit(level slog.Level, msg string) {
 	if level < g.min {

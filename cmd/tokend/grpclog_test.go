@@ -25,8 +25,11 @@ func TestGRPCLogLevels(t *testing.T) {
 	} {
 		env := map[string]string{"GRPC_GO_LOG_SEVERITY_LEVEL": tc.severity, "GRPC_GO_LOG_VERBOSITY_LEVEL": tc.verbosity}
 		var first, buf testutil.SyncBuffer
-		g := newGRPCLog(func(k string) string { return env[k] }, slog.New(slog.NewJSONHandler(&first, nil)))
-		g.use(slog.New(slog.NewJSONHandler(&buf, nil)))
+		firstLog := slog.New(slog.NewJSONHandler(&first, nil))
+		g := newGRPCLog(func(k string) string { return env[k] }, firstLog)
+		if prev := g.use(slog.New(slog.NewJSONHandler(&buf, nil))); prev != firstLog {
+			t.Errorf("use returned %p, want the logger it replaced, %p, for serve to put back", prev, firstLog)
+		}
 		g.Infof("%s", "i")
 		g.Warningln("w")
 		g.Error("e\n", `"x"`)

@@ -306,7 +306,8 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 // serve runs tokend until ctx is done, then drains in-flight requests
 // (bounded by cfg.ShutdownTimeout) and closes the database.
 func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(listening)) (err error) {
-	grpcLogs.use(log) // grpc-go's and grpc-gateway's lines, in this log
+	// grpc-go's and grpc-gateway's lines, in this log while it serves.
+	defer grpcLogs.use(grpcLogs.use(log))
 	st, err := store.Open(cfg.DB, store.Options{LockTimeout: lockTimeout, CacheEntries: cfg.CacheEntries})
 	if err != nil {
 		if errors.Is(err, store.ErrInUse) {
