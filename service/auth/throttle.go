@@ -17,6 +17,7 @@ type ThrottledError struct {
 	RetryAfter time.Duration
 }
 
+// Error says the client is throttled and for how long.
 func (e *ThrottledError) Error() string {
 	return fmt.Sprintf("%v; retry after %s", ErrThrottled, e.RetryAfter)
 }

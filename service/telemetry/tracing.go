@@ -59,6 +59,7 @@ type ConfigError struct {
 	Msg   string
 }
 
+// Error returns the message that says what is wrong with the field.
 func (e *ConfigError) Error() string { return e.Msg }
 
 // Validate reports a configuration NewTracing would refuse, as a
