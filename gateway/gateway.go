@@ -241,6 +241,7 @@ func edge(log *slog.Logger, rt *router, next http.Handler) http.Handler {
 			)
 			rpc.LogRequest(ctx, log, rpc.AppendCallerAttrs(attrs, ri))
 			telemetry.Annotate(ctx, ri)
+			telemetry.AnnotateHTTP(ctx, sw.code())
 		}()
 		next.ServeHTTP(sw, r)
 	})

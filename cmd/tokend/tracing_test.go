@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -162,6 +163,21 @@ func TestTracing(t *testing.T) {
 				t.Errorf("gRPC x-trace-id = %v, want %s", got, grpcTrace)
 			}
 
+			// What a client writes stays out of spans: a secret in the path
+			// and the user agent, a method HTTP does not define, a
+			// tracestate.
+			const oddTrace = "5bf92f3577b34da6a3ce929d0e0e4737"
+			resp, _ = srv.get(t, "/api/v1/me/tokens/"+tok.Secret, "User-Agent: agent-"+tok.Secret,
+				"Traceparent: 00-"+oddTrace+"-00f067aa0ba902b7-01", "Tracestate: vendor=client-"+tok.Secret[4:12])
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("GET with a secret for an id: %d, want 400", resp.StatusCode)
+			}
+			const methodTrace = "6bf92f3577b34da6a3ce929d0e0e4738"
+			resp, _ = srv.do(t, "TKD-"+strings.Repeat("M", 300), path, "Traceparent: 00-"+methodTrace+"-00f067aa0ba902b7-01")
+			if resp.StatusCode != http.StatusMethodNotAllowed {
+				t.Fatalf("odd method: %d, want 405", resp.StatusCode)
+			}
+
 			// Stopping the server exports what is buffered.
 			if err := srv.stop(); err != nil {
 				t.Fatal(err)
@@ -187,6 +203,14 @@ func TestTracing(t *testing.T) {
 					t.Errorf("REST span tokend.token_id = %v, want %d", attrs["tokend.token_id"], tok.ID)
 				}
 			}
+			if spans := col.byTrace(oddTrace); len(spans) != 1 || spans[0].GetTraceState() != "" ||
+				spanAttrs(spans[0])["http.response.status_code"].GetIntValue() != http.StatusBadRequest {
+				t.Errorf("trace with a client's tracestate: %v, want one span, with no tracestate and status 400", spans)
+			}
+			if spans := col.byTrace(methodTrace); len(spans) != 1 || spans[0].GetName() != "HTTP /api/v1/me/tokens/{token_id}" ||
+				spanAttrs(spans[0])["http.request.method"].GetStringValue() != "_OTHER" {
+				t.Errorf("trace of an odd method: %v, want one span named HTTP and the route, method _OTHER", spans)
+			}
 			if spans := col.byTrace(restTrace); len(spans) == 1 && hex.EncodeToString(spans[0].GetParentSpanId()) != "00f067aa0ba902b7" {
 				t.Errorf("REST span's parent = %x, want the client's span", spans[0].GetParentSpanId())
 			}
@@ -201,7 +225,7 @@ func TestTracing(t *testing.T) {
 			}
 			for _, s := range col.spans {
 				dump := s.String()
-				for _, leak := range []string{secret.Prefix, "Bearer", tok.Secret, "198.51.100.66"} {
+				for _, leak := range []string{secret.Prefix, "Bearer", tok.Secret, tok.Secret[4:12], "198.51.100.66", "MMMM", "agent-"} {
 					if strings.Contains(dump, leak) {
 						t.Errorf("span %q holds %q: %s", s.GetName(), leak, dump)
 					}
@@ -229,6 +253,26 @@ func TestTracingOffByDefault(t *testing.T) {
 // TestTracingIgnoresClientSampling: sampling follows the server's ratio,
 // not the client's sampled flag. At ratio 0, a client asking for its
 // request to be sampled gets no span exported, yet still its trace id.
+// TestTracingSamplesByItsOwnDraw: a client cannot pick trace ids that
+// the sampler keeps. (Sampling by trace id, as sdktrace's
+// TraceIDRatioBased does, kept every id whose last 16 hex digits are
+// zeros, whatever the ratio.)
+func TestTracingSamplesByItsOwnDraw(t *testing.T) {
+	col := &collector{}
+	srv := startServer(t, "", "--otlp-endpoint", startGRPCCollector(t, col), "--trace-sample-ratio", "0.000001")
+	for i := range 20 {
+		srv.get(t, "/healthz", fmt.Sprintf("Traceparent: 00-%016x0000000000000000-00f067aa0ba902b7-00", i+1))
+	}
+	if err := srv.stop(); err != nil {
+		t.Fatal(err)
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	if len(col.spans) != 0 {
+		t.Errorf("%d of 20 requests with chosen trace ids exported at sample ratio 1e-6", len(col.spans))
+	}
+}
+
 func TestTracingIgnoresClientSampling(t *testing.T) {
 	col := &collector{}
 	srv := startServer(t, "", "--otlp-endpoint", startGRPCCollector(t, col), "--trace-sample-ratio", "0")

@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -123,10 +124,30 @@ func NewTracing(ctx context.Context, cfg TracingConfig) (*Tracing, error) {
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithBatcher(exp),
 		sdktrace.WithResource(res),
-		sdktrace.WithSampler(sdktrace.TraceIDRatioBased(cfg.SampleRatio)),
+		sdktrace.WithSampler(sdktrace.ParentBased(randomSampler{cfg.SampleRatio},
+			// A client's traceparent is continued, but neither its sampled
+			// flag nor its trace id decides whether tokend records it.
+			sdktrace.WithRemoteParentSampled(randomSampler{cfg.SampleRatio}),
+			sdktrace.WithRemoteParentNotSampled(randomSampler{cfg.SampleRatio}))),
 	)
 	return &Tracing{tp: tp, prop: propagation.TraceContext{}}, nil
 }
+
+// randomSampler records a ratio of the traces it decides by a random draw
+// of the server's. sdktrace's TraceIDRatioBased decides by the trace id,
+// which a client chooses (traceparent): one whose id ends in zeros would
+// have every request exported. The client's tracestate is not carried
+// into tokend's spans either.
+type randomSampler struct{ ratio float64 }
+
+func (s randomSampler) ShouldSample(sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	if s.ratio >= 1 || s.ratio > 0 && rand.Float64() < s.ratio {
+		return sdktrace.SamplingResult{Decision: sdktrace.RecordAndSample}
+	}
+	return sdktrace.SamplingResult{Decision: sdktrace.Drop}
+}
+
+func (s randomSampler) Description() string { return fmt.Sprintf("RandomRatio{%g}", s.ratio) }
 
 // tracesPath is the URL path OTLP/HTTP exports traces to, for an endpoint
 // whose path is p: /v1/traces when p is empty, p plus /v1/traces when the
@@ -165,20 +186,51 @@ func (t *Tracing) ServerOptions() []grpc.ServerOption {
 	))}
 }
 
-// InstrumentHTTP traces the requests h answers, naming each span by its
-// method and route template (from route, never the raw path).
+// InstrumentHTTP traces the requests h answers: a server span each,
+// continuing the client's trace (traceparent), named by method and route
+// template (from route, never the raw path), and holding only what tokend
+// chooses to record. Generic instrumentation (otelhttp) also records the
+// raw path (where a client may put a secret), its user agent and any
+// method it sends, verbatim; here a method HTTP does not define is
+// _OTHER, as the semantic conventions say, and Annotate adds what tokend
+// derived about the request.
 func (t *Tracing) InstrumentHTTP(h http.Handler, route func(*http.Request) string) http.Handler {
 	if t == nil {
 		return h
 	}
-	return otelhttp.NewHandler(h, "tokend",
-		otelhttp.WithTracerProvider(t.tp),
-		otelhttp.WithPropagators(t.prop),
-		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
-		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
-			return r.Method + " " + route(r)
-		}),
-	)
+	tracer := t.tp.Tracer("github.com/tokend/tokend/service/telemetry")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := t.prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+		method, name := httpMethod(r.Method)
+		ctx, span := tracer.Start(ctx, name+" "+route(r), trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithAttributes(attribute.String("http.request.method", method)))
+		defer span.End()
+		h.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// httpMethod returns the method for the http.request.method attribute
+// and for the span name: itself if HTTP defines it, else _OTHER and HTTP.
+func httpMethod(m string) (attr, name string) {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m, m
+	}
+	return "_OTHER", "HTTP"
+}
+
+// AnnotateHTTP records a REST response's status code on the request's
+// span, if it is traced; the edge, which knows the code, calls it.
+func AnnotateHTTP(ctx context.Context, status int) {
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	span.SetAttributes(attribute.Int("http.response.status_code", status))
+	if status >= http.StatusInternalServerError {
+		span.SetStatus(codes.Error, "")
+	}
 }
 
 // Annotate records on the request's span, if it is traced, what tokend
