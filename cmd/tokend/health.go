@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/health"
@@ -64,4 +65,44 @@ func watchWrites(ctx context.Context, hs *health.Server, writable func(context.C
 		case <-tick.C:
 		}
 	}
+}
+
+// recentCheck remembers when check last passed or failed, so that a
+// caller who can live with an answer up to maxAge old need not run it
+// again. GET /readyz takes no authentication, and check commits a write:
+// answered from the health monitor's result, which runs it once a
+// second, any number of probes cost no disk write at all.
+type recentCheck struct {
+	check  func(context.Context) error
+	maxAge time.Duration
+	now    func() time.Time
+
+	mu  sync.Mutex
+	at  time.Time // when the last result was had; zero for none
+	err error
+}
+
+// run runs check and remembers its result. A failure that is only the
+// caller's ctx ending is not the check's answer and is not remembered.
+func (c *recentCheck) run(ctx context.Context) error {
+	err := c.check(ctx)
+	if err != nil && ctx.Err() != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.at, c.err = c.now(), err
+	c.mu.Unlock()
+	return err
+}
+
+// recent returns the last result if it is younger than maxAge, else what
+// run returns.
+func (c *recentCheck) recent(ctx context.Context) error {
+	c.mu.Lock()
+	at, err := c.at, c.err
+	c.mu.Unlock()
+	if !at.IsZero() && c.now().Sub(at) < c.maxAge {
+		return err
+	}
+	return c.run(ctx)
 }

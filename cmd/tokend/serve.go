@@ -372,14 +372,18 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 	admin, _ := rpc.NewAdmin(deps)
 	// writable fails while usage counts cannot be written (they wait in
 	// memory, and a crash would lose them), or if the file takes no write.
-	// /readyz and the gRPC health status (watchWrites) both follow it.
-	writable := func(ctx context.Context) error {
+	// The gRPC health status (watchWrites) follows it, checking the file
+	// once a second; /readyz follows it too, answered from that check's
+	// result while it is at most two intervals old (see recentCheck).
+	disk := &recentCheck{check: st.CheckWritable, maxAge: 2 * writeCheckInterval, now: time.Now}
+	writable := func(ctx context.Context, checkDisk func(context.Context) error) error {
 		if err := rec.Err(); err != nil {
 			return fmt.Errorf("usage flush failing: %w", err)
 		}
-		return st.CheckWritable(ctx)
+		return checkDisk(ctx)
 	}
-	api, err := gateway.New(ctx, gateway.Options{Conn: public.Local, Logger: log, MaxBodyBytes: cfg.MaxBodyBytes, Ready: writable,
+	readyz := func(ctx context.Context) error { return writable(ctx, disk.recent) }
+	api, err := gateway.New(ctx, gateway.Options{Conn: public.Local, Logger: log, MaxBodyBytes: cfg.MaxBodyBytes, Ready: readyz,
 		Metrics: metrics, Tracing: tracing})
 	if err != nil {
 		return err
@@ -475,7 +479,7 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, ready func(li
 		return nil
 	})
 	g.Go(func() error {
-		watchWrites(gctx, public.Health, writable, writeCheckInterval, log)
+		watchWrites(gctx, public.Health, func(ctx context.Context) error { return writable(ctx, disk.run) }, writeCheckInterval, log)
 		return nil
 	})
 	for _, side := range sides {
