@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
@@ -106,6 +107,17 @@ func TestMetrics(t *testing.T) {
 		return resp.StatusCode
 	}
 
+	// A streaming call: one health Watch, ended by the client.
+	wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	watch, err := healthpb.NewHealthClient(srv.conn).Watch(wctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil {
+		t.Fatalf("health Watch: %v", err)
+	}
+	wcancel()
+
 	// Successes first: once the address is throttled, everything from it is refused.
 	for range 3 {
 		if got := restStatus(bearer(good.Secret)); got != http.StatusOK {
@@ -168,6 +180,7 @@ func TestMetrics(t *testing.T) {
 		{"grpc_server_handled_total", []string{"grpc_service=tokend.v1.TokenService", "grpc_method=GetToken", "grpc_code=ResourceExhausted"}, 1},
 		{"grpc_server_handling_seconds", []string{"grpc_service=tokend.v1.TokenService", "grpc_method=GetToken"}, 4},
 		{"grpc_server_handled_total", []string{"grpc_service=tokend.v1.TokenService", "grpc_method=CreateToken", "grpc_code=OK"}, 0},
+		{"grpc_server_started_total", []string{"grpc_service=grpc.health.v1.Health", "grpc_method=Watch"}, 1},
 		{"tokend_auth_failures_total", []string{"reason=missing"}, 1},
 		{"tokend_auth_failures_total", []string{"reason=unknown"}, 1},
 		{"tokend_auth_failures_total", []string{"reason=malformed"}, 1},

@@ -138,8 +138,8 @@ type Public struct {
 // see capCalls for the network server's; panic recovery, error mapping) →
 // authentication (skipped for health checks) → handler. The
 // network server also has, outside that chain, the tracing stats handler
-// and the metrics interceptor (the gateway instruments REST requests
-// itself, at the HTTP edge). The chain is unary: the streaming methods of
+// and the metrics interceptors, unary and streaming (the gateway
+// instruments REST requests itself, at the HTTP edge). The chain is unary: the streaming methods of
 // reflection and health (Watch) need no token, and streamInterceptor gives
 // them a trace id, a log line and panic recovery.
 func NewPublic(d Deps) *Public {
@@ -160,9 +160,13 @@ func NewPublic(d Deps) *Public {
 	}
 	streaming := make(map[string]bool) // filled below, before the server serves
 	streamsEnded, endStreams := context.WithCancel(context.Background())
+	streams := []grpc.StreamServerInterceptor{streamInterceptor(d.Logger, streamsEnded)}
+	if m := d.Metrics.StreamServerInterceptor(); m != nil {
+		streams = append([]grpc.StreamServerInterceptor{m}, streams...)
+	}
 	opts := append(append(serverOptions(limits), d.Tracing.ServerOptions()...),
 		grpc.InTapHandle(capCalls(limits.MaxCallDuration, streaming)),
-		grpc.ChainUnaryInterceptor(network...), grpc.ChainStreamInterceptor(streamInterceptor(d.Logger, streamsEnded)))
+		grpc.ChainUnaryInterceptor(network...), grpc.ChainStreamInterceptor(streams...))
 	srv := grpc.NewServer(opts...)
 	tokens := service.NewTokenService(service.NewTokens(d.Store, d.Usage, d.Limits, d.Now), d.Now)
 	tokenv1.RegisterTokenServiceServer(srv, tokens)

@@ -154,6 +154,16 @@ func (m *Metrics) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return m.grpc.UnaryServerInterceptor()
 }
 
+// StreamServerInterceptor counts and times the streaming calls of the
+// network gRPC server (health Watch, reflection), whose series
+// InitializeGRPC exports too; nil for a nil Metrics.
+func (m *Metrics) StreamServerInterceptor() grpc.StreamServerInterceptor {
+	if m == nil {
+		return nil
+	}
+	return m.grpc.StreamServerInterceptor()
+}
+
 // InitializeGRPC exports every method of srv at zero before its first call.
 func (m *Metrics) InitializeGRPC(srv *grpc.Server) {
 	if m != nil {
