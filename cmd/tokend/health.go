@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -82,11 +83,14 @@ type recentCheck struct {
 	err error
 }
 
-// run runs check and remembers its result. A failure that is only the
-// caller's ctx ending is not the check's answer and is not remembered.
+// run runs check and remembers its result. A check cut short by ctx's
+// deadline is a failure (a disk that does not finish a write in time is
+// not ready) and is remembered; one cut short because the caller went
+// away (ctx canceled: a client hung up, the server stops) is not the
+// disk's answer, and is not.
 func (c *recentCheck) run(ctx context.Context) error {
 	err := c.check(ctx)
-	if err != nil && ctx.Err() != nil {
+	if err != nil && errors.Is(ctx.Err(), context.Canceled) {
 		return err
 	}
 	c.mu.Lock()

@@ -8,9 +8,10 @@ import (
 )
 
 // TestRecentCheck: recent answers from the last result while it is
-// younger than maxAge, so unauthenticated /readyz probes cost no write of
-// their own; run always checks and remembers; a failure that is only the
-// caller's deadline is not remembered as the disk's answer.
+// younger than maxAge, so unauthenticated /readyz probes share the health
+// monitor's write; run always checks and remembers; a check that misses
+// its deadline (a hung disk) is a remembered failure, and one whose
+// caller went away is not the disk's answer.
 func TestRecentCheck(t *testing.T) {
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	var calls int
@@ -49,9 +50,18 @@ func TestRecentCheck(t *testing.T) {
 	done, cancel := context.WithCancel(ctx)
 	cancel()
 	if err := c.run(done); !errors.Is(err, context.Canceled) {
-		t.Fatalf("run with an ended ctx = %v", err)
+		t.Fatalf("run with a canceled ctx = %v", err)
 	}
 	if err := c.recent(ctx); err != nil || calls != 5 {
-		t.Errorf("after a run cut short by its caller: %v after %d checks; want a fresh check, not the caller's cancellation", err, calls)
+		t.Errorf("after a run whose caller went away: %v after %d checks; want a fresh check, not the caller's cancellation", err, calls)
+	}
+	now = now.Add(time.Minute)
+	late, cancelLate := context.WithDeadline(ctx, time.Now().Add(-time.Second)) // a hung write: the monitor's deadline passed
+	defer cancelLate()
+	if err := c.run(late); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("run past its deadline = %v", err)
+	}
+	if err := c.recent(ctx); !errors.Is(err, context.DeadlineExceeded) || calls != 6 {
+		t.Errorf("probe after a check that missed its deadline = %v after %d checks; want that failure, remembered", err, calls)
 	}
 }

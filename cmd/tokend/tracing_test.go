@@ -250,9 +250,6 @@ func TestTracingOffByDefault(t *testing.T) {
 	}
 }
 
-// TestTracingIgnoresClientSampling: sampling follows the server's ratio,
-// not the client's sampled flag. At ratio 0, a client asking for its
-// request to be sampled gets no span exported, yet still its trace id.
 // TestTracingSamplesByItsOwnDraw: a client cannot pick trace ids that
 // the sampler keeps. (Sampling by trace id, as sdktrace's
 // TraceIDRatioBased does, kept every id whose last 16 hex digits are
@@ -273,6 +270,9 @@ func TestTracingSamplesByItsOwnDraw(t *testing.T) {
 	}
 }
 
+// TestTracingIgnoresClientSampling: sampling follows the server's ratio,
+// not the client's sampled flag. At ratio 0, a client asking for its
+// request to be sampled gets no span exported, yet still its trace id.
 func TestTracingIgnoresClientSampling(t *testing.T) {
 	col := &collector{}
 	srv := startServer(t, "", "--otlp-endpoint", startGRPCCollector(t, col), "--trace-sample-ratio", "0")
