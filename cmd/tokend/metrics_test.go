@@ -11,9 +11,12 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	tokenv1 "github.com/tokend/tokend/gen/tokend/v1"
 )
@@ -217,5 +220,58 @@ func TestMetricsOffByDefault(t *testing.T) {
 	srv := startServer(t, "")
 	if srv.addrs.Metrics != "" {
 		t.Errorf("metrics listen on %s without --metrics-addr", srv.addrs.Metrics)
+	}
+}
+
+// TestUnknownGRPCMethod: a call of a method the server does not have is
+// answered like any other call, Unimplemented with its trace id and one log
+// line, while the method, which the client invents, stays out of the log,
+// the metrics' labels and the spans.
+func TestUnknownGRPCMethod(t *testing.T) {
+	col := &collector{}
+	srv := startServer(t, "", "--metrics-addr", "127.0.0.1:0", "--otlp-endpoint", startGRPCCollector(t, col))
+	const invented = "/inventedsvc.V1/InventedMethod"
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var header metadata.MD
+	err := srv.conn.Invoke(ctx, invented, &emptypb.Empty{}, &emptypb.Empty{}, grpc.Header(&header))
+	if status.Code(err) != codes.Unimplemented {
+		t.Fatalf("call of an unknown method: %v, want Unimplemented", err)
+	}
+	trace := header.Get("x-trace-id")
+	if len(trace) != 1 || len(trace[0]) != 32 {
+		t.Fatalf("x-trace-id = %v, want one trace id", trace)
+	}
+	fams := srv.scrape(t)
+	if err := srv.stop(); err != nil {
+		t.Fatal(err)
+	}
+	var line map[string]any
+	for _, l := range procLogLines(srv.logs.String(), "request") {
+		if l["trace_id"] == trace[0] {
+			line = l
+		}
+	}
+	if line == nil || line["service"] != "unknown" || line["method"] != "unknown" || line["code"] != "Unimplemented" {
+		t.Errorf("request line = %v, want one for trace %s, service and method unknown, code Unimplemented", line, trace[0])
+	}
+	for name, fam := range fams {
+		for _, m := range fam.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if strings.Contains(l.GetValue(), "invented") {
+					t.Errorf("metric %s has a label the client invented: %v", name, m)
+				}
+			}
+		}
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	for _, s := range col.spans {
+		if strings.Contains(s.GetName(), "invented") {
+			t.Errorf("a span is named by the client's method: %q", s.GetName())
+		}
+	}
+	if strings.Contains(srv.logs.String(), "invented") {
+		t.Errorf("the log holds the client's method name:\n%s", srv.logs)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -158,15 +159,25 @@ func NewPublic(d Deps) *Public {
 	if m := d.Metrics.UnaryServerInterceptor(); m != nil {
 		network = append([]grpc.UnaryServerInterceptor{m}, network...)
 	}
-	streaming := make(map[string]bool) // filled below, before the server serves
+	// Both filled below, before the server serves.
+	streaming := make(map[string]bool)
+	registered := make(map[string]bool)
 	streamsEnded, endStreams := context.WithCancel(context.Background())
-	streams := []grpc.StreamServerInterceptor{streamInterceptor(d.Logger, streamsEnded)}
+	streams := []grpc.StreamServerInterceptor{streamInterceptor(d.Logger, streamsEnded, registered)}
 	if m := d.Metrics.StreamServerInterceptor(); m != nil {
-		streams = append([]grpc.StreamServerInterceptor{m}, streams...)
+		streams = append([]grpc.StreamServerInterceptor{onlyRegistered(registered, m)}, streams...)
 	}
-	opts := append(append(serverOptions(limits), d.Tracing.ServerOptions()...),
+	opts := append(append(serverOptions(limits), d.Tracing.ServerOptions(registered)...),
 		grpc.InTapHandle(capCalls(limits.MaxCallDuration, streaming)),
-		grpc.ChainUnaryInterceptor(network...), grpc.ChainStreamInterceptor(streams...))
+		grpc.ChainUnaryInterceptor(network...), grpc.ChainStreamInterceptor(streams...),
+		// A call of a method the server does not have is answered by the
+		// stream chain too, so it gets a trace id and a log line like any
+		// other; the method it names is the client's and is logged as
+		// "unknown" (see streamInterceptor), never made a metric label or
+		// a span.
+		grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error {
+			return status.Error(codes.Unimplemented, "unknown service or method")
+		}))
 	srv := grpc.NewServer(opts...)
 	tokens := service.NewTokenService(service.NewTokens(d.Store, d.Usage, d.Limits, d.Now), d.Now)
 	tokenv1.RegisterTokenServiceServer(srv, tokens)
@@ -176,8 +187,10 @@ func NewPublic(d Deps) *Public {
 	d.Metrics.InitializeGRPC(srv)
 	for name, si := range srv.GetServiceInfo() {
 		for _, m := range si.Methods {
+			full := "/" + name + "/" + m.Name
+			registered[full] = true
 			if m.IsClientStream || m.IsServerStream {
-				streaming["/"+name+"/"+m.Name] = true
+				streaming[full] = true
 			}
 		}
 	}
@@ -250,9 +263,13 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 // logged with the stack, as in the unary chain. There is no deadline cap:
 // a Watch is meant to last, until ended is done (the server is shutting
 // down), which ends every stream, so that none holds up a graceful stop.
-func streamInterceptor(log *slog.Logger, ended context.Context) grpc.StreamServerInterceptor {
+func streamInterceptor(log *slog.Logger, ended context.Context, registered map[string]bool) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		start := time.Now()
+		method := info.FullMethod
+		if !registered[method] {
+			method = unknownMethod // the client's choice: not for the log
+		}
 		ctx, cancel := context.WithCancel(ss.Context())
 		defer cancel()
 		defer context.AfterFunc(ended, cancel)()
@@ -263,11 +280,26 @@ func streamInterceptor(log *slog.Logger, ended context.Context) grpc.StreamServe
 		_ = ss.SetHeader(metadata.Pairs(TraceHeader, ri.TraceID))
 		defer func() {
 			if r := recover(); r != nil {
-				err = mapError(ctx, log, info.FullMethod, panicError(info.FullMethod, r))
+				err = mapError(ctx, log, method, panicError(method, r))
 			}
-			logCall(ctx, log, ri, info.FullMethod, err, start)
+			logCall(ctx, log, ri, method, err, start)
 		}()
 		return handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
+	}
+}
+
+// unknownMethod stands in the log for a method the server does not have.
+const unknownMethod = "/unknown/unknown"
+
+// onlyRegistered runs ic for calls of registered methods only: metrics
+// label calls by method, and a method the server does not have is the
+// client's to invent.
+func onlyRegistered(registered map[string]bool, ic grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if !registered[info.FullMethod] {
+			return handler(srv, ss)
+		}
+		return ic(srv, ss, info, handler)
 	}
 }
 

@@ -136,7 +136,7 @@ func (s *fakeServerStream) SetHeader(md metadata.MD) error {
 // handler sees the request's Info.
 func TestStreamInterceptorRecoversPanic(t *testing.T) {
 	var logs testutil.SyncBuffer
-	ic := streamInterceptor(slog.New(slog.NewJSONHandler(&logs, nil)), context.Background())
+	ic := streamInterceptor(slog.New(slog.NewJSONHandler(&logs, nil)), context.Background(), map[string]bool{"/grpc.health.v1.Health/Watch": true})
 	ss := &fakeServerStream{ctx: context.Background()}
 	info := &grpc.StreamServerInfo{FullMethod: "/grpc.health.v1.Health/Watch", IsServerStream: true}
 	var seen *request.Info
@@ -167,7 +167,7 @@ func TestStreamInterceptorRecoversPanic(t *testing.T) {
 // ends the context of a stream in flight, and of one that starts after.
 func TestStreamInterceptorEndsStreams(t *testing.T) {
 	ended, end := context.WithCancel(context.Background())
-	ic := streamInterceptor(slog.New(slog.DiscardHandler), ended)
+	ic := streamInterceptor(slog.New(slog.DiscardHandler), ended, nil)
 	info := &grpc.StreamServerInfo{FullMethod: "/grpc.health.v1.Health/Watch", IsServerStream: true}
 	waiting := make(chan struct{})
 	done := make(chan error, 1)

@@ -21,6 +21,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/stats"
 
 	"github.com/tokend/tokend/service/request"
 )
@@ -173,9 +174,12 @@ func (t *Tracing) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// ServerOptions trace the calls of a network gRPC server; nil options for
-// a nil Tracing.
-func (t *Tracing) ServerOptions() []grpc.ServerOption {
+// ServerOptions trace the calls of a network gRPC server, of the methods
+// in registered only (a span is named by its method, and a method the
+// server does not have is the client's to invent); nil options for a nil
+// Tracing. registered may be filled after the call, before the server
+// serves.
+func (t *Tracing) ServerOptions(registered map[string]bool) []grpc.ServerOption {
 	if t == nil {
 		return nil
 	}
@@ -183,6 +187,7 @@ func (t *Tracing) ServerOptions() []grpc.ServerOption {
 		otelgrpc.WithTracerProvider(t.tp),
 		otelgrpc.WithPropagators(t.prop),
 		otelgrpc.WithMeterProvider(metricnoop.NewMeterProvider()),
+		otelgrpc.WithFilter(func(ri *stats.RPCTagInfo) bool { return registered[ri.FullMethodName] }),
 	))}
 }
 
