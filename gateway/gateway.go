@@ -66,7 +66,7 @@ func New(ctx context.Context, opts Options) (http.Handler, error) {
 	mux := runtime.NewServeMux(
 		// The service reads the headers it relies on (Authorization,
 		// Idempotency-Key, X-Forwarded-For) from the edge's copy of the
-		// request (request.Values), never from the metadata built here,
+		// request (request.Info.Values), never from the metadata built here,
 		// which drops whole any value that is not valid gRPC metadata. So
 		// no client header is forwarded as metadata: grpc-gateway still
 		// adds authorization, x-forwarded-for and x-forwarded-host itself,
@@ -216,7 +216,7 @@ func edge(log *slog.Logger, rt *router, next http.Handler) http.Handler {
 			ri.Peer = ap.Addr().Unmap()
 			ri.Client = ri.Peer
 		}
-		ri.Header = r.Header // the service reads headers here (request.Values)
+		ri.Header = r.Header // the service reads headers here (request.Info.Values)
 		ctx := request.NewContext(r.Context(), ri)
 		r = r.WithContext(ctx)
 		sw := &statusWriter{ResponseWriter: w}

@@ -124,7 +124,7 @@ func (s *TokenService) CreateToken(ctx context.Context, req *tokenv1.CreateToken
 			return nil, violation("expires_at", "expires_at must be in the future")
 		}
 	}
-	switch keys := request.Values(ctx, "Idempotency-Key", IdempotencyKeyMetadata); len(keys) {
+	switch keys := request.FromContext(ctx).Values(ctx, "Idempotency-Key", IdempotencyKeyMetadata); len(keys) {
 	case 0:
 	case 1:
 		if keys[0] == "" {

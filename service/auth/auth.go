@@ -315,8 +315,8 @@ func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) gr
 			peerAddr = PeerAddr(ctx) // a call that did not pass an edge (tests)
 		}
 		// As the edge received them: for REST, the HTTP header's lines, not
-		// the metadata grpc-gateway builds (see request.Values).
-		client := a.ClientAddr(peerAddr, request.Values(ctx, "X-Forwarded-For", "x-forwarded-for"))
+		// the metadata grpc-gateway builds (see request.Info.Values).
+		client := a.ClientAddr(peerAddr, ri.Values(ctx, "X-Forwarded-For", "x-forwarded-for"))
 		if ri != nil {
 			ri.Client = client
 		}
@@ -329,7 +329,7 @@ func (a *Authenticator) UnaryInterceptor(public func(fullMethod string) bool) gr
 			}
 			return nil, err
 		}
-		p, err := a.Authenticate(request.Values(ctx, "Authorization", "authorization"), client)
+		p, err := a.Authenticate(ri.Values(ctx, "Authorization", "authorization"), client)
 		if err != nil {
 			if errors.Is(err, ErrInvalidToken) {
 				// A refused token is a guess; no credentials at all is not.
