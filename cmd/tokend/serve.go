@@ -26,6 +26,7 @@ import (
 	"github.com/tokend/tokend/service/rpc"
 	"github.com/tokend/tokend/service/store"
 	"github.com/tokend/tokend/service/telemetry"
+	"github.com/tokend/tokend/service/token"
 	"github.com/tokend/tokend/service/usage"
 )
 
@@ -218,15 +219,8 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		if prefix.Masked() != prefix {
 			return cfg, fmt.Errorf("%w: --trusted-proxy %q has host bits set; did you mean %s?", errUsage, p, prefix.Masked())
 		}
-		// Peers are compared unmapped (an IPv4 client over an IPv6 socket
-		// is its IPv4 address), so an IPv4-mapped range is kept as the IPv4
-		// range it means; as written it could never match. (A masked
-		// IPv4-mapped range has at least 96 bits: a shorter one would cut
-		// into the ffff.)
-		if a := prefix.Addr(); a.Is4In6() {
-			prefix = netip.PrefixFrom(a.Unmap(), prefix.Bits()-96)
-		}
-		cfg.TrustedProxies = append(cfg.TrustedProxies, prefix)
+		// Peers are compared unmapped, as allowed IPs are.
+		cfg.TrustedProxies = append(cfg.TrustedProxies, token.UnmapPrefix(prefix))
 	}
 	if cfg.LogFormat != "json" && cfg.LogFormat != "text" {
 		return cfg, fmt.Errorf("%w: --log-format must be json or text, got %q", errUsage, cfg.LogFormat)

@@ -61,12 +61,19 @@ func parseEntry(e string) (netip.Prefix, error) {
 	if p.Masked() != p {
 		return netip.Prefix{}, fmt.Errorf("%w: allowed_ips entry %q has host bits set; did you mean %s?", ErrInvalid, quoted, p.Masked())
 	}
-	// An IPv4-mapped range means its IPv4 range. (Masked, it has at least
-	// 96 bits: a shorter one would cut into the ffff.)
+	return UnmapPrefix(p), nil
+}
+
+// UnmapPrefix returns the IPv4 range an IPv4-mapped IPv6 range p means,
+// or p itself. Addresses are compared unmapped (an IPv4 client over an
+// IPv6 socket is its IPv4 address), so a mapped range kept as written
+// could never match. p must be masked: a masked IPv4-mapped range has at
+// least 96 bits, as a shorter one would cut into the ffff.
+func UnmapPrefix(p netip.Prefix) netip.Prefix {
 	if a := p.Addr(); a.Is4In6() {
-		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+		return netip.PrefixFrom(a.Unmap(), p.Bits()-96)
 	}
-	return p, nil
+	return p
 }
 
 // Allows reports whether addr may use a token with these restrictions. An
