@@ -159,16 +159,14 @@ func NewPublic(d Deps) *Public {
 	if m := d.Metrics.UnaryServerInterceptor(); m != nil {
 		network = append([]grpc.UnaryServerInterceptor{m}, network...)
 	}
-	// Both filled below, before the server serves.
-	streaming := make(map[string]bool)
-	registered := make(map[string]bool)
+	registered := make(methods) // filled below, before the server serves
 	streamsEnded, endStreams := context.WithCancel(context.Background())
 	streams := []grpc.StreamServerInterceptor{streamInterceptor(d.Logger, streamsEnded, registered)}
 	if m := d.Metrics.StreamServerInterceptor(); m != nil {
 		streams = append([]grpc.StreamServerInterceptor{onlyRegistered(registered, m)}, streams...)
 	}
-	opts := append(append(serverOptions(limits), d.Tracing.ServerOptions(registered)...),
-		grpc.InTapHandle(capCalls(limits.MaxCallDuration, streaming)),
+	opts := append(append(serverOptions(limits), d.Tracing.ServerOptions(registered.has)...),
+		grpc.InTapHandle(capCalls(limits.MaxCallDuration, registered)),
 		grpc.ChainUnaryInterceptor(network...), grpc.ChainStreamInterceptor(streams...),
 		// A call of a method the server does not have is answered by the
 		// stream chain too, so it gets a trace id and a log line like any
@@ -187,11 +185,7 @@ func NewPublic(d Deps) *Public {
 	d.Metrics.InitializeGRPC(srv)
 	for name, si := range srv.GetServiceInfo() {
 		for _, m := range si.Methods {
-			full := "/" + name + "/" + m.Name
-			registered[full] = true
-			if m.IsClientStream || m.IsServerStream {
-				streaming[full] = true
-			}
+			registered["/"+name+"/"+m.Name] = m.IsClientStream || m.IsServerStream
 		}
 	}
 
@@ -263,11 +257,11 @@ func edgeInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 // logged with the stack, as in the unary chain. There is no deadline cap:
 // a Watch is meant to last, until ended is done (the server is shutting
 // down), which ends every stream, so that none holds up a graceful stop.
-func streamInterceptor(log *slog.Logger, ended context.Context, registered map[string]bool) grpc.StreamServerInterceptor {
+func streamInterceptor(log *slog.Logger, ended context.Context, registered methods) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		start := time.Now()
 		method := info.FullMethod
-		if !registered[method] {
+		if !registered.has(method) {
 			method = unknownMethod // the client's choice: not for the log
 		}
 		ctx, cancel := context.WithCancel(ss.Context())
@@ -291,12 +285,21 @@ func streamInterceptor(log *slog.Logger, ended context.Context, registered map[s
 // unknownMethod stands in the log for a method the server does not have.
 const unknownMethod = "/unknown/unknown"
 
+// methods are a server's methods by full name, each true if it streams.
+type methods map[string]bool
+
+// has reports whether the server has the method: one it does not have is
+// the client's to invent, and names no log line, metric label or span.
+func (m methods) has(fullMethod string) bool {
+	_, ok := m[fullMethod]
+	return ok
+}
+
 // onlyRegistered runs ic for calls of registered methods only: metrics
-// label calls by method, and a method the server does not have is the
-// client's to invent.
-func onlyRegistered(registered map[string]bool, ic grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
+// label calls by method.
+func onlyRegistered(registered methods, ic grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if !registered[info.FullMethod] {
+		if !registered.has(info.FullMethod) {
 			return handler(srv, ss)
 		}
 		return ic(srv, ss, info, handler)
@@ -374,10 +377,10 @@ func AppendCallerAttrs(attrs []slog.Attr, ri *request.Info) []slog.Attr {
 // connection lives: a client, with no token, could hold a goroutine and
 // the metadata of every stream it opens and never finishes. (So the
 // network chain's guard has no cap of its own.) Streaming methods
-// (streaming, by full name: health's Watch, reflection) are meant to last.
-func capCalls(max time.Duration, streaming map[string]bool) tap.ServerInHandle {
+// (health's Watch, reflection) are meant to last.
+func capCalls(max time.Duration, registered methods) tap.ServerInHandle {
 	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
-		if streaming[info.FullMethodName] {
+		if registered[info.FullMethodName] { // a streaming method
 			return ctx, nil
 		}
 		if d, ok := ctx.Deadline(); ok && time.Until(d) <= max {

@@ -175,11 +175,10 @@ func (t *Tracing) Shutdown(ctx context.Context) error {
 }
 
 // ServerOptions trace the calls of a network gRPC server, of the methods
-// in registered only (a span is named by its method, and a method the
+// it has only (known; a span is named by its method, and a method the
 // server does not have is the client's to invent); nil options for a nil
-// Tracing. registered may be filled after the call, before the server
-// serves.
-func (t *Tracing) ServerOptions(registered map[string]bool) []grpc.ServerOption {
+// Tracing.
+func (t *Tracing) ServerOptions(known func(fullMethod string) bool) []grpc.ServerOption {
 	if t == nil {
 		return nil
 	}
@@ -187,7 +186,7 @@ func (t *Tracing) ServerOptions(registered map[string]bool) []grpc.ServerOption 
 		otelgrpc.WithTracerProvider(t.tp),
 		otelgrpc.WithPropagators(t.prop),
 		otelgrpc.WithMeterProvider(metricnoop.NewMeterProvider()),
-		otelgrpc.WithFilter(func(ri *stats.RPCTagInfo) bool { return registered[ri.FullMethodName] }),
+		otelgrpc.WithFilter(func(ri *stats.RPCTagInfo) bool { return known(ri.FullMethodName) }),
 	))}
 }
 
