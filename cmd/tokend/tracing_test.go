@@ -260,14 +260,21 @@ func TestTracingSamplesByItsOwnDraw(t *testing.T) {
 	for i := range 20 {
 		srv.get(t, "/healthz", fmt.Sprintf("Traceparent: 00-%016x0000000000000000-00f067aa0ba902b7-00", i+1))
 	}
+	if n := stopAndCount(t, srv, col); n != 0 {
+		t.Errorf("%d of 20 requests with chosen trace ids exported at sample ratio 1e-6", n)
+	}
+}
+
+// stopAndCount stops srv, which exports what it has buffered, and returns
+// how many spans col has received.
+func stopAndCount(t *testing.T, srv *testServer, col *collector) int {
+	t.Helper()
 	if err := srv.stop(); err != nil {
 		t.Fatal(err)
 	}
 	col.mu.Lock()
 	defer col.mu.Unlock()
-	if len(col.spans) != 0 {
-		t.Errorf("%d of 20 requests with chosen trace ids exported at sample ratio 1e-6", len(col.spans))
-	}
+	return len(col.spans)
 }
 
 // TestTracingIgnoresClientSampling: sampling follows the server's ratio,
@@ -282,12 +289,7 @@ func TestTracingIgnoresClientSampling(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Trace-Id") != trace {
 		t.Fatalf("REST GET: %d, X-Trace-Id %q, want 200 and %s", resp.StatusCode, resp.Header.Get("X-Trace-Id"), trace)
 	}
-	if err := srv.stop(); err != nil {
-		t.Fatal(err)
-	}
-	col.mu.Lock()
-	defer col.mu.Unlock()
-	if len(col.spans) != 0 {
-		t.Errorf("%d spans exported at sample ratio 0, because the client's flag said sampled", len(col.spans))
+	if n := stopAndCount(t, srv, col); n != 0 {
+		t.Errorf("%d spans exported at sample ratio 0, because the client's flag said sampled", n)
 	}
 }

@@ -122,14 +122,14 @@ func NewTracing(ctx context.Context, cfg TracingConfig) (*Tracing, error) {
 		attribute.String("service.name", "tokend"),
 		attribute.String("service.version", cfg.ServiceVersion),
 	)
+	// A client's traceparent is continued, but neither its sampled flag
+	// nor its trace id decides whether tokend records it.
+	sample := randomSampler{cfg.SampleRatio}
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithBatcher(exp),
 		sdktrace.WithResource(res),
-		sdktrace.WithSampler(sdktrace.ParentBased(randomSampler{cfg.SampleRatio},
-			// A client's traceparent is continued, but neither its sampled
-			// flag nor its trace id decides whether tokend records it.
-			sdktrace.WithRemoteParentSampled(randomSampler{cfg.SampleRatio}),
-			sdktrace.WithRemoteParentNotSampled(randomSampler{cfg.SampleRatio}))),
+		sdktrace.WithSampler(sdktrace.ParentBased(sample,
+			sdktrace.WithRemoteParentSampled(sample), sdktrace.WithRemoteParentNotSampled(sample))),
 	)
 	return &Tracing{tp: tp, prop: propagation.TraceContext{}}, nil
 }
